@@ -1,0 +1,38 @@
+# dino-rs: the two commands of the README.
+#   make demo   train briefly on the vendored CIFAR-10 subset, export, classify, attention map
+#   make test   the whole test suite (what CI runs)
+# Everything else (Python venv with the pinned torch/onnxruntime, the build) happens on demand.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := demo
+
+# The venv is created once in a cache folder keyed by python/requirements.txt.
+VENV := $(shell ./scripts/venv.sh)
+ifeq ($(VENV),)
+$(error could not create the Python venv: see the messages above)
+endif
+export DINO_RS_VENV := $(VENV)
+export PATH := $(VENV)/bin:$(PATH)
+export LIBTORCH_USE_PYTORCH := 1
+export PYTHON := $(VENV)/bin/python
+CARGO ?= cargo
+
+.PHONY: build test lint demo bench fmt clean
+build:
+	$(CARGO) build --release --workspace --all-targets
+
+test: build
+	$(CARGO) test --release --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+demo: build
+	./scripts/demo.sh
+
+clean:
+	$(CARGO) clean

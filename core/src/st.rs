@@ -1,0 +1,324 @@
+//! Safetensors files that describe themselves: tensors plus dino-rs metadata.
+//!
+//! Every file dino-rs writes goes through [`write_atomic`], so a crash or a full disk never
+//! leaves a half-written checkpoint where a good one stood.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::config::{EvalTransform, HeadConfig, VitConfig};
+use crate::error::CoreError;
+
+/// Metadata keys. `format` identifies dino-rs files; the configs are JSON.
+pub const META_FORMAT: &str = "dino_rs.format";
+pub const META_KIND: &str = "dino_rs.kind";
+pub const META_VIT: &str = "dino_rs.vit";
+pub const META_HEAD: &str = "dino_rs.head";
+pub const META_EVAL: &str = "dino_rs.eval";
+pub const META_VERSION: &str = "dino_rs.version";
+pub const FORMAT_V1: &str = "dino-rs/1";
+
+/// What a file holds, which decides the key prefixes inside it.
+pub const KIND_BACKBONE: &str = "backbone";
+pub const KIND_CHECKPOINT: &str = "training_checkpoint";
+
+/// An owned tensor in one of the dtypes dino-rs writes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawTensor {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    /// Little-endian bytes, as stored.
+    pub data: Vec<u8>,
+}
+
+impl RawTensor {
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Self {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self {
+            dtype: Dtype::F32,
+            shape,
+            data,
+        }
+    }
+
+    pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Self {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self {
+            dtype: Dtype::I64,
+            shape,
+            data,
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Values widened to f32 (f16/bf16/f32/f64 are accepted).
+    pub fn to_f32(&self, path: &Path, key: &str) -> Result<Vec<f32>, CoreError> {
+        let chunks = |n: usize| self.data.chunks_exact(n);
+        Ok(match self.dtype {
+            Dtype::F32 => chunks(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F64 => chunks(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::F16 => chunks(2)
+                .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
+            Dtype::BF16 => chunks(2)
+                .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                .collect(),
+            other => {
+                return Err(CoreError::UnsupportedDtype {
+                    path: path.to_path_buf(),
+                    key: key.to_string(),
+                    dtype: format!("{other:?}"),
+                });
+            }
+        })
+    }
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            // Subnormal: renormalise.
+            let shift = m.leading_zeros() - 21;
+            let m = (m << shift) & 0x3ff;
+            sign | ((127 - 15 + 1 - shift) << 23) | (m << 13)
+        }
+        (0x1f, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// A whole safetensors file in memory, with its metadata.
+#[derive(Debug)]
+pub struct StFile {
+    pub path: PathBuf,
+    pub metadata: HashMap<String, String>,
+    pub tensors: BTreeMap<String, RawTensor>,
+}
+
+impl StFile {
+    pub fn read(path: &Path) -> Result<Self, CoreError> {
+        let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
+        let not_st = |why: String| CoreError::NotSafetensors {
+            path: path.to_path_buf(),
+            why,
+        };
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| not_st(format!("{e:?}")))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_st(format!("{e:?}")))?;
+        let tensors = st
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| {
+                let t = RawTensor {
+                    dtype: v.dtype(),
+                    shape: v.shape().to_vec(),
+                    data: v.data().to_vec(),
+                };
+                (k, t)
+            })
+            .collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            metadata: meta.metadata().clone().unwrap_or_default(),
+            tensors,
+        })
+    }
+
+    /// A required metadata string.
+    pub fn meta(&self, key: &str) -> Result<&str, CoreError> {
+        self.metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| CoreError::MissingMetadata {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })
+    }
+
+    /// A required metadata entry parsed from JSON.
+    pub fn meta_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<T, CoreError> {
+        serde_json::from_str(self.meta(key)?).map_err(|e| CoreError::BadMetadata {
+            path: self.path.clone(),
+            key: key.to_string(),
+            why: e.to_string(),
+        })
+    }
+
+    /// Checks that this is a dino-rs file of a known format version.
+    pub fn check_format(&self) -> Result<(), CoreError> {
+        let f = self.meta(META_FORMAT)?;
+        if f != FORMAT_V1 {
+            return Err(CoreError::BadMetadata {
+                path: self.path.clone(),
+                key: META_FORMAT.into(),
+                why: format!("format `{f}` is not `{FORMAT_V1}` (written by a newer dino-rs?)"),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn vit_config(&self) -> Result<VitConfig, CoreError> {
+        let cfg: VitConfig = self.meta_json(META_VIT)?;
+        cfg.validate().map_err(|e| CoreError::BadMetadata {
+            path: self.path.clone(),
+            key: META_VIT.into(),
+            why: e.to_string(),
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn head_config(&self) -> Result<Option<HeadConfig>, CoreError> {
+        if self.metadata.contains_key(META_HEAD) {
+            self.meta_json(META_HEAD).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn eval_transform(&self) -> Result<Option<EvalTransform>, CoreError> {
+        if self.metadata.contains_key(META_EVAL) {
+            self.meta_json(META_EVAL).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The tensors under `prefix` (e.g. `teacher.backbone.`), with the prefix removed.
+    pub fn with_prefix(&self, prefix: &str) -> BTreeMap<String, RawTensor> {
+        self.tensors
+            .iter()
+            .filter_map(|(k, v)| k.strip_prefix(prefix).map(|s| (s.to_string(), v.clone())))
+            .collect()
+    }
+}
+
+/// The metadata every dino-rs backbone file carries.
+pub fn backbone_metadata(
+    vit: &VitConfig,
+    head: Option<&HeadConfig>,
+    eval: Option<&EvalTransform>,
+    kind: &str,
+) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    m.insert(META_FORMAT.into(), FORMAT_V1.into());
+    m.insert(META_KIND.into(), kind.into());
+    m.insert(META_VERSION.into(), env!("CARGO_PKG_VERSION").into());
+    m.insert(META_VIT.into(), json(vit));
+    if let Some(h) = head {
+        m.insert(META_HEAD.into(), json(h));
+    }
+    if let Some(e) = eval {
+        m.insert(META_EVAL.into(), json(e));
+    }
+    m
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("configs serialise to JSON")
+}
+
+/// Writes `tensors` with `metadata` to `path` atomically: a temporary file in the same
+/// folder, fsync, then rename over the destination.
+pub fn write_atomic(
+    path: &Path,
+    tensors: &BTreeMap<String, RawTensor>,
+    metadata: HashMap<String, String>,
+) -> Result<(), CoreError> {
+    let views = tensors
+        .iter()
+        .map(|(k, t)| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.data)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| CoreError::Format {
+                    path: path.to_path_buf(),
+                    why: format!("tensor `{k}`: {e:?}"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| CoreError::Format {
+        path: path.to_path_buf(),
+        why: format!("{e:?}"),
+    })?;
+    write_bytes_atomic(path, &bytes)
+}
+
+/// Atomic replacement of `path` by `bytes` (temp file, fsync, rename).
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| CoreError::Format {
+            path: path.to_path_buf(),
+            why: "destination has no file name".into(),
+        })?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CoreError::io(path, e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_conversion_matches_known_values() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    #[test]
+    fn round_trip_keeps_tensors_and_metadata() {
+        let dir = std::env::temp_dir().join(format!("dino-core-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.safetensors");
+        let vit = VitConfig::preset("vit_tiny", 16).unwrap();
+        let mut t = BTreeMap::new();
+        t.insert("a".to_string(), RawTensor::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]));
+        write_atomic(&path, &t, backbone_metadata(&vit, None, None, KIND_BACKBONE)).unwrap();
+        let f = StFile::read(&path).unwrap();
+        f.check_format().unwrap();
+        assert_eq!(f.vit_config().unwrap(), vit);
+        assert_eq!(f.tensors["a"].to_f32(&path, "a").unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        assert!(f.head_config().unwrap().is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let path = std::env::temp_dir().join(format!("dino-core-bad-{}", std::process::id()));
+        std::fs::write(&path, b"not a tensor file").unwrap();
+        let err = StFile::read(&path).unwrap_err().to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+}
