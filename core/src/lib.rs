@@ -14,3 +14,5 @@ pub mod weights;
 
 pub use config::{EvalTransform, HeadConfig, VitConfig};
 pub use error::CoreError;
+pub mod image_io;
+pub mod testing;

@@ -25,6 +25,12 @@ pub const FORMAT_V1: &str = "dino-rs/1";
 pub const KIND_BACKBONE: &str = "backbone";
 pub const KIND_CHECKPOINT: &str = "training_checkpoint";
 
+/// Key prefixes inside a training checkpoint (`teacher.backbone.cls_token`, ...).
+pub const PREFIX_TEACHER_BACKBONE: &str = "teacher.backbone.";
+pub const PREFIX_TEACHER_HEAD: &str = "teacher.head.";
+pub const PREFIX_STUDENT_BACKBONE: &str = "student.backbone.";
+pub const PREFIX_STUDENT_HEAD: &str = "student.head.";
+
 /// An owned tensor in one of the dtypes dino-rs writes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RawTensor {
