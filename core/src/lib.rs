@@ -16,3 +16,7 @@ pub use config::{EvalTransform, HeadConfig, VitConfig};
 pub use error::CoreError;
 pub mod image_io;
 pub mod testing;
+pub mod onnx_meta;
+pub mod attention;
+pub mod knn;
+pub mod preprocess;

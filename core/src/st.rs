@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
+pub use safetensors::tensor::Dtype;
+use safetensors::tensor::TensorView;
 
 use crate::config::{EvalTransform, HeadConfig, VitConfig};
 use crate::error::CoreError;

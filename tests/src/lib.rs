@@ -1,1 +1,64 @@
-//! Cross-crate tests live in `tests/`; this crate has no library code of its own.
+//! Shared plumbing for the cross-crate tests in `tests/`: where the workspace, the data,
+//! the built binaries and the reference Python are. Numeric comparison is
+//! `dino_core::testing::assert_close`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// `../shared/data` beside the repository: the real images used by tests and benchmarks.
+pub fn data_dir() -> PathBuf {
+    root().join("../shared/data")
+}
+
+/// A built binary of the workspace (the Makefile builds them before `cargo test`).
+pub fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let p = target.join(profile).join(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run `make test` (or cargo build --release --workspace first)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh, empty scratch folder for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dino-rs-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create scratch folder");
+    d
+}
+
+/// The Python of the project's venv (`$PYTHON`, set by the Makefile), else `python3`.
+pub fn python() -> Command {
+    Command::new(std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into()))
+}
+
+/// Runs a reference script from `tests/python/` and panics with its output on failure.
+pub fn run_python(script: &str, args: &[&str]) -> Output {
+    let path = root().join("tests/python").join(script);
+    let out = python()
+        .arg(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python for {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
