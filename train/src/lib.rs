@@ -1,2 +1,17 @@
 //! dino-train: DINO self-distillation (Caron et al., "Emerging Properties in
 //! Self-Supervised Vision Transformers", ICCV 2021) on libtorch.
+pub mod algo_error;
+pub mod checkpoint;
+pub mod cli;
+pub mod clip;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod ema;
+pub mod knn_eval;
+pub mod loss;
+pub mod metrics;
+pub mod model;
+pub mod optim;
+pub mod schedule;
+pub mod trainer;

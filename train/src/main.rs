@@ -1,1 +1,75 @@
-fn main() {}
+//! `dino-train`: thin entry point; arguments become configs in `cli`, the work is in the
+//! library.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use dino_core::EvalTransform;
+use dino_train::cli::{Cli, Command, KnnArgs, TrainArgs};
+use dino_train::config::TrainConfig;
+use dino_train::{device, knn_eval, trainer};
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train(a),
+        Command::Knn(a) => knn(a),
+    }
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let cfg = TrainConfig::resolve(a.config.as_deref(), &a.overrides)?;
+    if a.dry_run {
+        print!("{}", cfg.to_toml());
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !cfg.data_path.as_os_str().is_empty(),
+        "no data_path: give --data_path <ImageFolder> or set it in the config file"
+    );
+    let s = trainer::train(&cfg, a.resume, a.quiet)?;
+    if s.skipped_files > 0 {
+        eprintln!("{} unreadable file(s) were skipped", s.skipped_files);
+    }
+    eprintln!("teacher backbone written to {}", s.teacher_path.display());
+    Ok(())
+}
+
+fn knn(a: KnnArgs) -> Result<()> {
+    let device = device::select_device(&a.device)?;
+    let loaded = dino_models::io::load_backbone(&a.checkpoint, device)
+        .with_context(|| format!("cannot load {}", a.checkpoint.display()))?;
+    let img = loaded.model.cfg.img_size;
+    let base = loaded.eval.clone().unwrap_or_else(|| EvalTransform::standard(img));
+    let t = if a.native {
+        EvalTransform { resize_size: img, crop_size: img, ..base }
+    } else {
+        let crop = a.crop.unwrap_or(base.crop_size);
+        let resize = a.resize.unwrap_or(if a.crop.is_some() { crop * 256 / 224 } else { base.resize_size });
+        EvalTransform { resize_size: resize, crop_size: crop, ..base }
+    };
+    let r = knn_eval::evaluate(
+        &loaded.model, &a.train, &a.val, &t, a.k, a.temperature, device, a.quiet,
+    )?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "top1": r.top1, "top5": r.top5, "k": a.k, "temperature": a.temperature,
+                "train_images": r.train_images, "val_images": r.val_images, "skipped": r.skipped,
+                "resize": t.resize_size, "crop": t.crop_size,
+            })
+        );
+    } else {
+        println!(
+            "k-NN (k={}, T={}): top-1 {:.2}%  top-5 {:.2}%  ({} train / {} val images, {} skipped)",
+            a.k, a.temperature, r.top1, r.top5, r.train_images, r.val_images, r.skipped
+        );
+    }
+    Ok(())
+}

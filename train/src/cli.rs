@@ -1,0 +1,152 @@
+//! Command-line parsing: arguments become validated configs; `main` only dispatches.
+
+use std::path::PathBuf;
+
+use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+
+use crate::config::OPTIONS;
+
+const EXAMPLES: &str = "\
+Examples:
+  dino-train train --config configs/cifar-tiny.toml
+  dino-train train --config configs/cifar-tiny.toml --epochs 2 --output_dir runs/try
+  dino-train train --config configs/cifar-tiny.toml --output_dir runs/try --resume
+  dino-train train --arch vit_small --patch_size 16 --data_path /data/imagenet/train
+  dino-train knn --checkpoint runs/try/teacher.safetensors \\
+      --train ../shared/data/cifar10-mini/train --val ../shared/data/cifar10-mini/test --native";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dino-train",
+    version,
+    about = "DINO self-supervised training of Vision Transformers (Caron et al., 2021) on libtorch, CPU or CUDA",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train student and teacher by self-distillation.
+    ///
+    /// Options use the official main_dino.py names; a TOML file given with --config sets
+    /// any of them, and flags override the file.
+    Train(TrainArgs),
+    /// Weighted k-NN accuracy of a teacher on labelled ImageFolders (eval_knn.py).
+    Knn(KnnArgs),
+}
+
+#[derive(Debug)]
+pub struct TrainArgs {
+    pub config: Option<PathBuf>,
+    pub resume: bool,
+    pub quiet: bool,
+    pub dry_run: bool,
+    /// Options given on the command line, as `(official name, text)`.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Args for TrainArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        let cmd = cmd
+            .arg(
+                clap::Arg::new("config")
+                    .long("config")
+                    .value_name("FILE")
+                    .value_parser(clap::value_parser!(PathBuf))
+                    .help("TOML file of options (see configs/)"),
+            )
+            .arg(
+                clap::Arg::new("resume")
+                    .long("resume")
+                    .action(clap::ArgAction::SetTrue)
+                    .help("continue from output_dir/checkpoint.safetensors"),
+            )
+            .arg(
+                clap::Arg::new("quiet")
+                    .long("quiet")
+                    .short('q')
+                    .action(clap::ArgAction::SetTrue)
+                    .help("no progress bars"),
+            )
+            .arg(
+                clap::Arg::new("print_config")
+                    .long("print-config")
+                    .action(clap::ArgAction::SetTrue)
+                    .help("print the resolved configuration and exit"),
+            );
+        OPTIONS.iter().fold(cmd, |cmd, (key, help)| {
+            cmd.arg(
+                clap::Arg::new(*key)
+                    .long(*key)
+                    .value_name("VALUE")
+                    .help(*help)
+                    .help_heading("Training options (official names)"),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for TrainArgs {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let overrides = OPTIONS
+            .iter()
+            .filter_map(|(k, _)| m.get_one::<String>(k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        Ok(Self {
+            config: m.get_one::<PathBuf>("config").cloned(),
+            resume: m.get_flag("resume"),
+            quiet: m.get_flag("quiet"),
+            dry_run: m.get_flag("print_config"),
+            overrides,
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KnnArgs {
+    /// A teacher.safetensors or training checkpoint (its teacher is used).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Labelled reference images (ImageFolder).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Labelled query images (ImageFolder).
+    #[arg(long)]
+    pub val: PathBuf,
+    /// Neighbours voting.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// Temperature of the vote weights exp(sim / T).
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f64,
+    /// Images already have the model's input size (e.g. 32x32 CIFAR for an img_size-32
+    /// model): no resize, no crop.
+    #[arg(long, conflicts_with_all = ["resize", "crop"])]
+    pub native: bool,
+    /// Shorter side before the centre crop [default: the checkpoint's eval transform, or crop*256/224].
+    #[arg(long)]
+    pub resize: Option<usize>,
+    /// Centre-crop size [default: the checkpoint's eval transform, or the model's img_size].
+    #[arg(long)]
+    pub crop: Option<usize>,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}

@@ -1,0 +1,351 @@
+//! The DINO training loop (the official `train_dino` / `train_one_epoch`).
+//!
+//! Per step: the teacher sees the 2 global crops, the student all crops (one backbone
+//! forward per resolution); DINO loss with centring and sharpening; backward;
+//! per-parameter clipping; last-layer gradients cancelled in the first epochs; optimizer
+//! step with the scheduled lr / wd; teacher EMA with the scheduled momentum.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use indicatif::{ProgressBar, ProgressStyle};
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::{self, Checkpoint, TrainState};
+use crate::clip::{cancel_gradients_last_layer, clip_gradients};
+use crate::config::TrainConfig;
+use crate::data::{AugmentConfig, ImageDataset, Loader, LoaderConfig, MultiCropBatch, Verify};
+use crate::device::{Precision, select_device};
+use crate::ema::EmaPairs;
+use crate::loss::{DinoLoss, DinoLossConfig, max_entropy};
+use crate::metrics::{self, EpochRow, MetricsLog, Row, StepRow};
+use crate::model::DinoNet;
+use crate::optim::{Optimizer, get_params_groups};
+use crate::schedule::{ScheduleConfig, Schedules};
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const TEACHER: &str = "teacher.safetensors";
+pub const CONFIG: &str = "config.toml";
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug)]
+pub struct Summary {
+    pub epochs_run: usize,
+    pub epoch_losses: Vec<f64>,
+    pub teacher_path: PathBuf,
+    pub skipped_files: usize,
+}
+
+/// Trains as `cfg` says, resuming from `output_dir/checkpoint.safetensors` if `resume`.
+pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
+    let out = &cfg.output_dir;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let ckpt_path = out.join(CHECKPOINT);
+    if ckpt_path.exists() && !resume {
+        bail!(
+            "{} already exists: pass --resume to continue that run, or choose another output_dir",
+            ckpt_path.display()
+        );
+    }
+    let device = select_device(&cfg.device)?;
+    let precision = Precision::resolve(&cfg.precision, device)?;
+
+    let dataset = Arc::new(
+        ImageDataset::open(&cfg.data_path, Verify::Full)
+            .with_context(|| format!("cannot load data_path {}", cfg.data_path.display()))?,
+    );
+    for s in dataset.skipped() {
+        eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
+    }
+    let loader = Loader::new(
+        dataset.clone(),
+        augment_config(cfg),
+        LoaderConfig {
+            batch_size: cfg.batch_size,
+            num_workers: cfg.num_workers,
+            prefetch: 3,
+            seed: cfg.seed,
+            shuffle: true,
+            drop_last: true,
+        },
+    )?;
+    let niter = loader.batches_per_epoch();
+    let schedules = Schedules::new(&schedule_config(cfg, niter))?;
+
+    tch::manual_seed(checkpoint::seed_for_epoch(cfg.seed, usize::MAX));
+    let vit = cfg.vit()?;
+    let head = cfg.head();
+    let student = DinoNet::new(&vit, &head, device);
+    let teacher = DinoNet::teacher_of(&student, device);
+    let params = student.trainable();
+    let mut optimizer = Optimizer::new(cfg.optimizer.parse()?, get_params_groups(student.trainable()));
+    let ncrops = 2 + cfg.local_crops_number;
+    let mut loss_cfg = DinoLossConfig::new(cfg.out_dim, ncrops, schedules.teacher_temp.clone());
+    loss_cfg.student_temp = cfg.student_temp;
+    loss_cfg.center_momentum = cfg.center_momentum;
+    let mut dino_loss = DinoLoss::new(loss_cfg, device)?;
+    let ema = EmaPairs::new(
+        teacher.trainable_and_frozen(),
+        student.trainable_and_frozen(),
+    )?;
+
+    let (mut start_epoch, mut step) = (0, 0);
+    if resume && ckpt_path.exists() {
+        let ck = Checkpoint::read(&ckpt_path)?;
+        ensure_compatible(&ck.config, cfg, &ckpt_path)?;
+        ck.restore(&student, &teacher, &mut optimizer, &mut dino_loss)?;
+        (start_epoch, step) = (ck.epoch, ck.step);
+        eprintln!(
+            "resuming {} at epoch {start_epoch}, step {step}",
+            ckpt_path.display()
+        );
+    }
+    std::fs::write(out.join(CONFIG), cfg.to_toml())
+        .with_context(|| format!("cannot write {}", out.join(CONFIG).display()))?;
+    let mut log = MetricsLog::append(out)?;
+    let max_ent = max_entropy(cfg.out_dim);
+    let mut summary = Summary {
+        epochs_run: 0,
+        epoch_losses: Vec::new(),
+        teacher_path: out.join(TEACHER),
+        skipped_files: 0,
+    };
+
+    for epoch in start_epoch..cfg.epochs {
+        tch::manual_seed(checkpoint::seed_for_epoch(cfg.seed, epoch));
+        let bar = progress_bar(niter, epoch, cfg.epochs, quiet);
+        let started = Instant::now();
+        let (mut loss_sum, mut seen) = (Tensor::zeros([], (Kind::Float, device)), 0usize);
+        let mut window = (Instant::now(), 0usize);
+        for (i, batch) in loader.epoch(epoch as u64).enumerate() {
+            let batch = batch?;
+            let it = epoch * niter + i;
+            let v = schedules.at(it)?;
+            let (global, local) = to_device(&batch, device);
+            let (loss, teacher_out) = tch::autocast(precision.autocast(), || {
+                let t = tch::no_grad(|| teacher.forward_crops(&[&global], true));
+                let groups: Vec<&Tensor> = match &local {
+                    Some(l) => vec![&global, l],
+                    None => vec![&global],
+                };
+                let s = student.forward_crops(&groups, true);
+                (dino_loss.forward(&s, &t, epoch), t)
+            });
+            let loss = loss?;
+            optimizer.zero_grad();
+            loss.backward();
+            if cfg.clip_grad > 0.0 {
+                clip_gradients(&params, cfg.clip_grad)?;
+            }
+            let cancelled = cancel_gradients_last_layer(epoch, &params, cfg.freeze_last_layer);
+            optimizer.step(v.lr, v.wd, &cancelled)?;
+            ema.update(v.momentum)?;
+            loss_sum += loss.detach();
+            seen += 1;
+            step += 1;
+            window.1 += batch.batch_size;
+
+            if step % cfg.log_freq.max(1) == 0 || i + 1 == niter {
+                // One host read-back per log_freq steps.
+                let value = loss.double_value(&[]);
+                if !value.is_finite() {
+                    bar.abandon();
+                    bail!(
+                        "loss is {value} at epoch {epoch}, step {step}: training stopped; the last good checkpoint ({}) is intact",
+                        ckpt_path.display()
+                    );
+                }
+                let stats = dino_loss.teacher_stats(&teacher_out, epoch)?;
+                let row = StepRow {
+                    epoch,
+                    step,
+                    loss: value,
+                    lr: v.lr,
+                    wd: v.wd,
+                    momentum: v.momentum,
+                    teacher_temp: v.teacher_temp,
+                    teacher_entropy: stats.entropy,
+                    teacher_mean_entropy: stats.mean_entropy,
+                    images_per_s: window.1 as f64 / window.0.elapsed().as_secs_f64(),
+                };
+                window = (Instant::now(), 0);
+                if let Some(w) = metrics::collapse_warning(&row, max_ent) {
+                    bar.println(format!("warning: epoch {epoch} step {step}: {w}"));
+                }
+                bar.set_message(format!(
+                    "loss {:.4} lr {:.2e} wd {:.3} m {:.4} {:.0} img/s",
+                    row.loss, row.lr, row.wd, row.momentum, row.images_per_s
+                ));
+                log.write(&Row::Step(row))?;
+            }
+            bar.inc(1);
+        }
+        let mean_loss = loss_sum.double_value(&[]) / seen.max(1) as f64;
+        if !mean_loss.is_finite() {
+            bar.abandon();
+            bail!(
+                "mean loss of epoch {epoch} is {mean_loss}: training stopped; the last good checkpoint ({}) is intact",
+                ckpt_path.display()
+            );
+        }
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        let row = EpochRow {
+            epoch,
+            step,
+            loss: mean_loss,
+            seconds: secs,
+            images_per_s: (seen * cfg.batch_size) as f64 / secs,
+            skipped_files: loader.skipped_count(),
+        };
+        if !quiet {
+            eprintln!(
+                "epoch {}/{}: loss {:.4}, {:.1} img/s, {:.0}s",
+                epoch + 1,
+                cfg.epochs,
+                mean_loss,
+                row.images_per_s,
+                secs
+            );
+        }
+        log.write(&Row::Epoch(row))?;
+        summary.epoch_losses.push(mean_loss);
+        summary.epochs_run += 1;
+
+        let state = TrainState {
+            config: cfg,
+            student: &student,
+            teacher: &teacher,
+            optimizer: &optimizer,
+            loss: &dino_loss,
+            epoch: epoch + 1,
+            step,
+        };
+        checkpoint::save(&ckpt_path, &state)?;
+        if cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {
+            checkpoint::save(
+                &out.join(format!("checkpoint{:04}.safetensors", epoch + 1)),
+                &state,
+            )?;
+        }
+        if cfg.knn_freq > 0 && ((epoch + 1) % cfg.knn_freq == 0 || epoch + 1 == cfg.epochs) {
+            let r = crate::knn_eval::during_training(cfg, &teacher, device, quiet)?;
+            if !quiet {
+                eprintln!(
+                    "k-NN after epoch {}: top-1 {:.2}%, top-5 {:.2}%",
+                    epoch + 1,
+                    r.top1,
+                    r.top5
+                );
+            }
+            log.write(&Row::Knn(metrics::KnnRow {
+                epoch,
+                step,
+                top1: r.top1,
+                top5: r.top5,
+                k: cfg.knn_k,
+            }))?;
+        }
+    }
+    save_teacher_backbone(&summary.teacher_path, &teacher, cfg)?;
+    summary.skipped_files = loader.skipped_count();
+    Ok(summary)
+}
+
+/// The teacher backbone alone, official keys, with its config: `dino-export`'s input.
+pub fn save_teacher_backbone(path: &Path, teacher: &DinoNet, cfg: &TrainConfig) -> Result<()> {
+    let tensors = dino_models::io::named_raw(&teacher.vs, "")
+        .into_iter()
+        .filter_map(|(k, v)| k.strip_prefix("backbone.").map(|k| (k.to_string(), v)))
+        .collect();
+    let mut vit = cfg.vit()?;
+    vit.drop_path_rate = 0.0;
+    let meta = dino_core::st::backbone_metadata(
+        &vit,
+        None,
+        Some(&cfg.eval_transform()),
+        dino_core::st::KIND_BACKBONE,
+    );
+    dino_core::st::write_atomic(path, &tensors, meta)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// A resumed run must train the same model on the same data; schedule lengths may differ
+/// only through `epochs`.
+fn ensure_compatible(saved: &TrainConfig, now: &TrainConfig, path: &Path) -> Result<()> {
+    ensure!(
+        saved.vit()? == now.vit()? && saved.head() == now.head(),
+        "{}: architecture differs from the configuration given now",
+        path.display()
+    );
+    ensure!(
+        saved.batch_size == now.batch_size && saved.optimizer == now.optimizer,
+        "{}: batch_size/optimizer differ from the configuration given now",
+        path.display()
+    );
+    Ok(())
+}
+
+fn augment_config(cfg: &TrainConfig) -> AugmentConfig {
+    AugmentConfig {
+        global_size: cfg.global_crop_size,
+        local_size: cfg.local_crop_size,
+        n_local: cfg.local_crops_number,
+        global_scale: (cfg.global_crops_scale[0], cfg.global_crops_scale[1]),
+        local_scale: (cfg.local_crops_scale[0], cfg.local_crops_scale[1]),
+        mean: cfg.mean,
+        std: cfg.std,
+        ..AugmentConfig::default()
+    }
+}
+
+fn schedule_config(cfg: &TrainConfig, niter: usize) -> ScheduleConfig {
+    ScheduleConfig {
+        epochs: cfg.epochs,
+        niter_per_ep: niter,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        min_lr: cfg.min_lr,
+        warmup_epochs: cfg.warmup_epochs,
+        weight_decay: cfg.weight_decay,
+        weight_decay_end: cfg.weight_decay_end,
+        momentum_teacher: cfg.momentum_teacher,
+        warmup_teacher_temp: cfg.warmup_teacher_temp,
+        teacher_temp: cfg.teacher_temp,
+        warmup_teacher_temp_epochs: cfg.warmup_teacher_temp_epochs,
+    }
+}
+
+/// `[2b, 3, g, g]` and `[n*b, 3, l, l]` on the device.
+fn to_device(b: &MultiCropBatch, device: Device) -> (Tensor, Option<Tensor>) {
+    let n = b.batch_size as i64;
+    let (g, l) = (b.global_size as i64, b.local_size as i64);
+    let up = |v: &[f32], shape: [i64; 4]| {
+        let t = Tensor::from_slice(v).view(shape);
+        if device.is_cuda() {
+            t.pin_memory(device)
+                .to_device_(device, Kind::Float, true, false)
+        } else {
+            t
+        }
+    };
+    let global = up(&b.global, [2 * n, 3, g, g]);
+    let local = (b.n_local > 0).then(|| up(&b.local, [b.n_local as i64 * n, 3, l, l]));
+    (global, local)
+}
+
+fn progress_bar(len: usize, epoch: usize, epochs: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} (ETA {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{}/{}", epoch + 1, epochs));
+    bar
+}
