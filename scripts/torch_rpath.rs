@@ -32,7 +32,10 @@ fn torch_lib() -> Option<PathBuf> {
     }
     // LIBTORCH_USE_PYTORCH=1: ask the python on PATH, as torch-sys does.
     let out = std::process::Command::new("python3")
-        .args(["-c", "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .args([
+            "-c",
+            "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))",
+        ])
         .output()
         .ok()?;
     let s = String::from_utf8(out.stdout).ok()?;

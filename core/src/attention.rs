@@ -34,7 +34,9 @@ pub fn mean_over_heads(attn: &[f32], heads: usize) -> Vec<f32> {
 pub fn min_max_normalise(v: &[f32]) -> Vec<f32> {
     let (lo, hi) = v
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+            (l.min(x), h.max(x))
+        });
     let span = hi - lo;
     v.iter()
         .map(|&x| if span > 0.0 { (x - lo) / span } else { 0.0 })

@@ -95,20 +95,23 @@ impl VitConfig {
         if self.patch_size == 0 || self.img_size == 0 || self.depth == 0 || self.num_heads == 0 {
             return bad("patch_size, img_size, depth and num_heads must be positive".into());
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "img_size {} is not a multiple of patch_size {}",
                 self.img_size, self.patch_size
             ));
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "embed_dim {} is not divisible by num_heads {}",
                 self.embed_dim, self.num_heads
             ));
         }
         if !(0.0..1.0).contains(&self.drop_path_rate) {
-            return bad(format!("drop_path_rate {} not in [0, 1)", self.drop_path_rate));
+            return bad(format!(
+                "drop_path_rate {} not in [0, 1)",
+                self.drop_path_rate
+            ));
         }
         Ok(())
     }

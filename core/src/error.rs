@@ -19,7 +19,9 @@ pub enum CoreError {
     NotSafetensors { path: PathBuf, why: String },
     #[error("{path}: {why}")]
     Format { path: PathBuf, why: String },
-    #[error("{path}: metadata `{key}` is missing; the file was not written by dino-rs (convert official .pth files with `dino-train import`)")]
+    #[error(
+        "{path}: metadata `{key}` is missing; the file was not written by dino-rs (convert official .pth files with `dino-train import`)"
+    )]
     MissingMetadata { path: PathBuf, key: String },
     #[error("{path}: metadata `{key}` is not valid: {why}")]
     BadMetadata {

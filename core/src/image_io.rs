@@ -61,7 +61,12 @@ impl ImageFolder {
         let mut samples = Vec::new();
         for dir in entries(root)?.into_iter().filter(|p| p.is_dir()) {
             let idx = classes.len();
-            classes.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            classes.push(
+                dir.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             for f in entries(&dir)?.into_iter().filter(|p| p.is_file()) {
                 samples.push((f, idx));
             }
@@ -69,7 +74,8 @@ impl ImageFolder {
         if samples.is_empty() {
             return Err(CoreError::Image {
                 path: root.to_path_buf(),
-                why: "no images found: expected an ImageFolder, <root>/<class>/<image files>".into(),
+                why: "no images found: expected an ImageFolder, <root>/<class>/<image files>"
+                    .into(),
             });
         }
         Ok(Self {

@@ -20,7 +20,7 @@ use crate::error::CoreError;
 /// Queries compared together against one gallery row (the row is read once per block).
 const QUERY_BLOCK: usize = 8;
 /// Gallery rows per parallel task.
-const ROW_BLOCK: usize = 4096;
+const ROW_BLOCK: usize = 2048;
 /// Queries voted at once by `knn_accuracy`, bounding its memory.
 const ACCURACY_CHUNK: usize = 1024;
 
@@ -50,7 +50,9 @@ impl<'a> Gallery<'a> {
             ));
         }
         if let Some(l) = labels.iter().find(|&&l| l >= num_classes) {
-            return bad(format!("label {l} is not below the number of classes {num_classes}"));
+            return bad(format!(
+                "label {l} is not below the number of classes {num_classes}"
+            ));
         }
         Ok(Self {
             features,
@@ -82,7 +84,12 @@ pub fn l2_normalize_rows(x: &mut [f32], dim: usize) {
 fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..16 {
             acc[i] += x[i] * y[i];
@@ -150,16 +157,42 @@ impl TopK {
 }
 
 /// Running top-k of `queries` (a block) over gallery rows `rows`.
-fn scan_block(g: &Gallery, queries: &[f32], rows: std::ops::Range<usize>, k: usize) -> Vec<TopK> {
+#[inline(always)]
+fn scan_block_generic(
+    g: &Gallery,
+    queries: &[f32],
+    rows: std::ops::Range<usize>,
+    k: usize,
+) -> Vec<TopK> {
     let d = g.dim;
     let mut tops = vec![TopK::new(k); queries.len() / d];
     for r in rows {
         let row = &g.features[r * d..(r + 1) * d];
         for (q, top) in queries.chunks_exact(d).zip(tops.iter_mut()) {
-            top.push((dot(row, q), r));
+            top.push((dot_generic(row, q), r));
         }
     }
     tops
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn scan_block_avx2(
+    g: &Gallery,
+    queries: &[f32],
+    rows: std::ops::Range<usize>,
+    k: usize,
+) -> Vec<TopK> {
+    scan_block_generic(g, queries, rows, k)
+}
+
+fn scan_block(g: &Gallery, queries: &[f32], rows: std::ops::Range<usize>, k: usize) -> Vec<TopK> {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { scan_block_avx2(g, queries, rows, k) };
+    }
+    scan_block_generic(g, queries, rows, k)
 }
 
 /// The `k` nearest gallery rows of each query, `(similarity, row)` best first
@@ -202,7 +235,12 @@ pub fn vote(
 }
 
 fn check_params(g: &Gallery, queries: &[f32], k: usize, temperature: f32) -> Result<(), CoreError> {
-    if g.is_empty() || k == 0 || !(temperature > 0.0) || queries.len() % g.dim != 0 {
+    if g.is_empty()
+        || k == 0
+        || temperature.is_nan()
+        || temperature <= 0.0
+        || !queries.len().is_multiple_of(g.dim)
+    {
         return Err(CoreError::InvalidConfig(format!(
             "k-NN: need a non-empty gallery, k > 0, temperature > 0 and queries of dimension {} \
              (gallery rows {}, k {k}, temperature {temperature}, {} query values)",
@@ -290,7 +328,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()

@@ -14,9 +14,9 @@ pub mod weights;
 
 pub use config::{EvalTransform, HeadConfig, VitConfig};
 pub use error::CoreError;
-pub mod image_io;
-pub mod testing;
-pub mod onnx_meta;
 pub mod attention;
+pub mod image_io;
 pub mod knn;
+pub mod onnx_meta;
 pub mod preprocess;
+pub mod testing;

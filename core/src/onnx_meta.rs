@@ -60,6 +60,9 @@ mod tests {
         assert_ne!(a, fingerprint([("y", &[1u8, 2][..])]));
         assert_ne!(a, fingerprint([("x", &[1u8, 3][..])]));
         // Framing: moving a byte from a name into the data changes the digest.
-        assert_ne!(fingerprint([("x1", &[2u8][..])]), fingerprint([("x", &[1u8, 2][..])]));
+        assert_ne!(
+            fingerprint([("x1", &[2u8][..])]),
+            fingerprint([("x", &[1u8, 2][..])])
+        );
     }
 }

@@ -32,7 +32,9 @@ fn axis_taps(in_size: usize, out_size: usize, scale_factor: f64) -> Vec<([usize;
             let base = real.floor();
             let t = real - base;
             let base = base as i64;
-            let idx = std::array::from_fn(|k| (base - 1 + k as i64).clamp(0, in_size as i64 - 1) as usize);
+            let idx = std::array::from_fn(|k| {
+                (base - 1 + k as i64).clamp(0, in_size as i64 - 1) as usize
+            });
             (idx, cubic_weights(t))
         })
         .collect()
@@ -135,6 +137,9 @@ mod tests {
     fn native_grid_is_untouched() {
         let pe: Vec<f32> = (0..(1 + 4) * 2).map(|v| v as f32).collect();
         assert_eq!(interpolate_pos_embed(&pe, 2, 16, (32, 32)), pe);
-        assert_eq!(interpolate_pos_embed(&pe, 2, 16, (48, 48)).len(), (1 + 9) * 2);
+        assert_eq!(
+            interpolate_pos_embed(&pe, 2, 16, (48, 48)).len(),
+            (1 + 9) * 2
+        );
     }
 }

@@ -73,7 +73,11 @@ impl Taps {
                 .map(|&v| {
                     let v = if total != 0.0 { v / total } else { v };
                     let s = v * f64::from(1u32 << PRECISION_BITS);
-                    if v < 0.0 { (s - 0.5) as i32 } else { (s + 0.5) as i32 }
+                    if v < 0.0 {
+                        (s - 0.5) as i32
+                    } else {
+                        (s + 0.5) as i32
+                    }
                 })
                 .collect();
             first.push(xmin);
@@ -202,32 +206,43 @@ pub fn image_len(t: &EvalTransform) -> usize {
     3 * t.crop_size * t.crop_size
 }
 
-/// Applies the eval transform to one image, writing CHW f32 into `out`
-/// (`image_len(t)` values).
-pub fn eval_transform_into(img: &RgbImage, t: &EvalTransform, out: &mut [f32]) {
+/// The resized and centre-cropped image (`crop_size` square, zero-padded where the crop
+/// exceeds the resized image), before `ToTensor`/`Normalize`.
+pub fn eval_crop(img: &RgbImage, t: &EvalTransform) -> RgbImage {
     let crop = t.crop_size as u32;
-    assert_eq!(out.len(), image_len(t), "output buffer has the wrong size");
     let (w, h) = resized_size(img.width(), img.height(), t.resize_size as u32);
     let resized = resize_bicubic(img, w, h);
     let (left, top) = (crop_offset(w, crop), crop_offset(h, crop));
-    let plane = (crop * crop) as usize;
-    for y in 0..crop {
-        let sy = i64::from(y) + top;
-        for x in 0..crop {
-            let sx = i64::from(x) + left;
-            let inside = (0..i64::from(h)).contains(&sy) && (0..i64::from(w)).contains(&sx);
-            let px = if inside {
-                resized.get_pixel(sx as u32, sy as u32).0
-            } else {
-                [0, 0, 0]
-            };
-            let i = (y * crop + x) as usize;
-            for c in 0..3 {
-                // Divide (not multiply by 1/std) to match torchvision's `div_(std)` exactly.
-                out[c * plane + i] = (f32::from(px[c]) / 255.0 - t.mean[c]) / t.std[c];
-            }
+    if left == 0 && top == 0 && (w, h) == (crop, crop) {
+        return resized;
+    }
+    RgbImage::from_fn(crop, crop, |x, y| {
+        let (sx, sy) = (i64::from(x) + left, i64::from(y) + top);
+        if (0..i64::from(w)).contains(&sx) && (0..i64::from(h)).contains(&sy) {
+            *resized.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// `ToTensor` and `Normalize` of a cropped image into CHW f32 (`3 * w * h` values).
+pub fn normalize_into(crop: &RgbImage, mean: &[f32; 3], std: &[f32; 3], out: &mut [f32]) {
+    let plane = (crop.width() * crop.height()) as usize;
+    assert_eq!(out.len(), 3 * plane, "output buffer has the wrong size");
+    for (i, px) in crop.pixels().enumerate() {
+        for c in 0..3 {
+            // Divide (not multiply by 1/std) to match torchvision's `div_(std)` exactly.
+            out[c * plane + i] = (f32::from(px.0[c]) / 255.0 - mean[c]) / std[c];
         }
     }
+}
+
+/// Applies the eval transform to one image, writing CHW f32 into `out`
+/// (`image_len(t)` values).
+pub fn eval_transform_into(img: &RgbImage, t: &EvalTransform, out: &mut [f32]) {
+    assert_eq!(out.len(), image_len(t), "output buffer has the wrong size");
+    normalize_into(&eval_crop(img, t), &t.mean, &t.std, out);
 }
 
 /// Applies the eval transform to one image, returning a CHW f32 tensor.
@@ -304,7 +319,11 @@ mod tests {
     fn batch_matches_single() {
         let t = EvalTransform::standard(16);
         let imgs: Vec<RgbImage> = (0..3)
-            .map(|k| RgbImage::from_fn(20 + k, 25, |x, y| image::Rgb([(x * y) as u8, x as u8, k as u8])))
+            .map(|k| {
+                RgbImage::from_fn(20 + k, 25, |x, y| {
+                    image::Rgb([(x * y) as u8, x as u8, k as u8])
+                })
+            })
             .collect();
         let mut buf = vec![0f32; 3 * image_len(&t)];
         eval_transform_batch_into(&imgs, &t, &mut buf);

@@ -126,7 +126,8 @@ impl StFile {
         };
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| not_st(format!("{e:?}")))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_st(format!("{e:?}")))?;
+        let st =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| not_st(format!("{e:?}")))?;
         let tensors = st
             .tensors()
             .into_iter()
@@ -310,12 +311,23 @@ mod tests {
         let path = dir.join("x.safetensors");
         let vit = VitConfig::preset("vit_tiny", 16).unwrap();
         let mut t = BTreeMap::new();
-        t.insert("a".to_string(), RawTensor::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]));
-        write_atomic(&path, &t, backbone_metadata(&vit, None, None, KIND_BACKBONE)).unwrap();
+        t.insert(
+            "a".to_string(),
+            RawTensor::from_f32(vec![2, 2], &[1.0, 2.0, 3.0, 4.0]),
+        );
+        write_atomic(
+            &path,
+            &t,
+            backbone_metadata(&vit, None, None, KIND_BACKBONE),
+        )
+        .unwrap();
         let f = StFile::read(&path).unwrap();
         f.check_format().unwrap();
         assert_eq!(f.vit_config().unwrap(), vit);
-        assert_eq!(f.tensors["a"].to_f32(&path, "a").unwrap(), vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            f.tensors["a"].to_f32(&path, "a").unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
         assert!(f.head_config().unwrap().is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }

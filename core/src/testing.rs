@@ -8,7 +8,8 @@ pub fn assert_close(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
     let mut worst: Option<(usize, f32)> = None;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let excess = (a - e).abs() - (atol + rtol * e.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
+        let within = excess <= 0.0; // false for NaN
+        if !within && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
             worst = Some((i, excess));
         }
     }
@@ -29,7 +30,10 @@ pub fn assert_close(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
 
 /// Largest absolute difference, for reporting.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
 }
 
 /// Cosine similarity of two vectors.

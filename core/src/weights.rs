@@ -17,7 +17,10 @@ pub fn backbone_shapes(cfg: &VitConfig) -> Vec<(String, Vec<usize>)> {
     let mut v = vec![
         ("cls_token".to_string(), vec![1, 1, d]),
         ("pos_embed".to_string(), vec![1, cfg.num_tokens(), d]),
-        ("patch_embed.proj.weight".to_string(), vec![d, cfg.in_chans, p, p]),
+        (
+            "patch_embed.proj.weight".to_string(),
+            vec![d, cfg.in_chans, p, p],
+        ),
         ("patch_embed.proj.bias".to_string(), vec![d]),
     ];
     for i in 0..cfg.depth {
@@ -61,7 +64,11 @@ pub fn head_shapes(cfg: &HeadConfig) -> Vec<(String, Vec<usize>)> {
     } else {
         let idx = head_linear_indices(cfg);
         for (layer, &i) in idx.iter().enumerate() {
-            let fan_in = if layer == 0 { cfg.in_dim } else { cfg.hidden_dim };
+            let fan_in = if layer == 0 {
+                cfg.in_dim
+            } else {
+                cfg.hidden_dim
+            };
             let fan_out = if layer + 1 == idx.len() {
                 cfg.bottleneck_dim
             } else {
@@ -150,10 +157,7 @@ mod tests {
                 "last_layer.weight_v"
             ]
         );
-        let bn = HeadConfig {
-            use_bn: true,
-            ..h
-        };
+        let bn = HeadConfig { use_bn: true, ..h };
         let keys: Vec<_> = head_shapes(&bn).into_iter().map(|(k, _)| k).collect();
         assert!(keys.contains(&"mlp.1.running_var".to_string()));
         assert!(keys.contains(&"mlp.6.weight".to_string()));

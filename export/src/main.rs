@@ -1,1 +1,173 @@
-fn main() {}
+//! `dino-export`: the command line over `dino_export::{export, import}`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use dino_export::import::{ImportOptions, import};
+use dino_export::{ExportOptions, Outputs, Precision, export, onnx};
+
+const EXAMPLES: &str = "\
+Examples:
+  dino-export --checkpoint runs/cifar/teacher.safetensors --to model.onnx
+  dino-export --checkpoint runs/cifar/checkpoint.safetensors --to model.onnx \\
+      --outputs patch_tokens,attention --img-size 64
+  dino-export --checkpoint teacher.safetensors --to model-fp16.onnx --precision fp16
+  dino-export import dino_deitsmall16_pretrain.pth --arch vit_small --patch-size 16 \\
+      --to teacher.safetensors
+  dino-export import checkpoint.pth --to teacher.safetensors      (the `teacher` entry)
+
+The model's input is `image`, float32 [batch, 3, S, S] (S = --img-size), already resized,
+cropped and normalised as the `dino_rs.eval` metadata says. Its outputs are float32:
+`embedding` [batch, D], `patch_tokens` [batch, N, D], `attention` [batch, heads, N],
+with N = (S / patch)^2. With --precision fp16 the weights and arithmetic are float16, and
+the input and outputs stay float32 (cast inside the graph).";
+
+#[derive(Parser)]
+#[command(
+    name = "dino-export",
+    version,
+    about = "Export a DINO ViT teacher backbone to a self-describing ONNX model (no libtorch needed).",
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// dino-rs safetensors: a backbone (`teacher.safetensors`) or a training checkpoint
+    /// (its teacher is exported). A PyTorch `.pth` is imported on the fly.
+    #[arg(long, required = true, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// Where to write the ONNX model (replaced atomically).
+    #[arg(long, required = true, value_name = "FILE.onnx")]
+    to: Option<PathBuf>,
+    /// Outputs besides `embedding` (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    outputs: Vec<OutputArg>,
+    /// ONNX opset (13 to 21; 17 adds LayerNormalization, 20 adds Gelu).
+    #[arg(long, default_value_t = onnx::DEFAULT_OPSET)]
+    opset: i64,
+    /// Input side in pixels (a multiple of the patch size); default: the native size. The
+    /// position embedding is interpolated as in training.
+    #[arg(long, value_name = "PIXELS")]
+    img_size: Option<usize>,
+    /// Weight and arithmetic precision; input and outputs are float32 in both cases.
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: PrecisionArg,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert official DINO PyTorch weights (.pth, or safetensors with official keys) to a
+    /// dino-rs backbone file. The architecture is read from the tensor shapes.
+    Import(ImportArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// A backbone state dict (`dino_deitsmall16_pretrain.pth`) or a training
+    /// `checkpoint.pth` (its `teacher` entry is used unless --key says otherwise).
+    file: PathBuf,
+    /// Architecture preset (vit_tiny, vit_small, vit_base); default: from the width.
+    #[arg(long)]
+    arch: Option<String>,
+    /// Patch size, checked against the weights.
+    #[arg(long)]
+    patch_size: Option<usize>,
+    /// The checkpoint entry holding the weights (e.g. `teacher`, `student`).
+    #[arg(long)]
+    key: Option<String>,
+    /// The dino-rs safetensors file to write.
+    #[arg(long, value_name = "FILE.safetensors")]
+    to: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OutputArg {
+    #[value(name = "embedding")]
+    Embedding,
+    #[value(name = "patch_tokens")]
+    PatchTokens,
+    #[value(name = "attention")]
+    Attention,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PrecisionArg {
+    Fp32,
+    Fp16,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Import(a)) = cli.command {
+        return run_import(a);
+    }
+    let (Some(checkpoint), Some(to)) = (cli.checkpoint, cli.to) else {
+        anyhow::bail!("--checkpoint and --to are required");
+    };
+    let opts = ExportOptions {
+        img_size: cli.img_size,
+        outputs: Outputs {
+            patch_tokens: cli.outputs.contains(&OutputArg::PatchTokens),
+            attention: cli.outputs.contains(&OutputArg::Attention),
+        },
+        opset: cli.opset,
+        precision: match cli.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Fp16 => Precision::Fp16,
+        },
+    };
+    let start = Instant::now();
+    let s = export(&checkpoint, &to, &opts)
+        .with_context(|| format!("exporting {} to {}", checkpoint.display(), to.display()))?;
+    println!(
+        "wrote {}: {}/{} at {}px, {}, opset {}, outputs {}, {} nodes, {:.1} MB, fingerprint {}, {:.1}s",
+        to.display(),
+        s.arch,
+        s.patch_size,
+        s.input_size,
+        opts.precision.name(),
+        opts.opset,
+        s.outputs.join(","),
+        s.nodes,
+        s.bytes as f64 / 1e6,
+        &s.fingerprint[..12],
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_import(a: ImportArgs) -> Result<()> {
+    let opts = ImportOptions {
+        arch: a.arch,
+        patch_size: a.patch_size,
+        key: a.key,
+    };
+    let imp = import(&a.file, &a.to, &opts)
+        .with_context(|| format!("importing {} to {}", a.file.display(), a.to.display()))?;
+    let v = &imp.vit;
+    println!(
+        "wrote {}: {}/{} (embed_dim {}, depth {}, heads {}, native {}px), {} tensors{}{}",
+        a.to.display(),
+        v.arch,
+        v.patch_size,
+        v.embed_dim,
+        v.depth,
+        v.num_heads,
+        v.img_size,
+        imp.tensors.len(),
+        imp.entry
+            .map(|e| format!(" from entry `{e}`"))
+            .unwrap_or_default(),
+        if imp.ignored.is_empty() {
+            String::new()
+        } else {
+            format!(", {} head tensors left out", imp.ignored.len())
+        }
+    );
+    Ok(())
+}

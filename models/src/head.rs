@@ -6,8 +6,8 @@
 
 use dino_core::HeadConfig;
 use dino_core::weights::head_linear_indices;
-use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
+use tch::nn::{self, Module, ModuleT};
 
 use crate::init::{linear, torch_default_uniform};
 
@@ -55,7 +55,11 @@ impl DinoHead {
             }
         }
         let last = p / "last_layer";
-        let weight_v = last.var("weight_v", &[cfg.out_dim as i64, b], torch_default_uniform(b));
+        let weight_v = last.var(
+            "weight_v",
+            &[cfg.out_dim as i64, b],
+            torch_default_uniform(b),
+        );
         let weight_g = if cfg.norm_last_layer {
             last.ones_no_train("weight_g", &[cfg.out_dim as i64, 1])
         } else {
@@ -102,4 +106,3 @@ impl DinoHead {
         z.linear(&self.last_layer_weight().to_kind(z.kind()), None::<Tensor>)
     }
 }
-

@@ -6,7 +6,7 @@
 //! (kaiming-uniform with a = sqrt(5), i.e. U(±1/sqrt(fan_in))), because the official code
 //! creates or skips them outside `apply(_init_weights)`.
 
-use tch::{nn, Tensor};
+use tch::{Tensor, nn};
 
 /// `trunc_normal_(std)` as timm/DINO: inverse-CDF sampling within [a, b] = [-2, 2].
 pub fn trunc_normal_(t: &mut Tensor, std: f64) {

@@ -80,12 +80,13 @@ pub fn load_checked(
             });
         };
         let src = from_raw(raw, path, key)?;
-        tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind())))
-            .map_err(|source| ModelError::Tch {
+        tch::no_grad(|| var.f_copy_(&src.to_kind(var.kind()))).map_err(|source| {
+            ModelError::Tch {
                 path: path.to_path_buf(),
                 key: key.clone(),
                 source,
-            })?;
+            }
+        })?;
     }
     Ok(())
 }

@@ -33,7 +33,11 @@ pub struct PatchEmbed {
 
 impl PatchEmbed {
     fn new(p: nn::Path, cfg: &VitConfig) -> Self {
-        let (c, d, k) = (cfg.in_chans as i64, cfg.embed_dim as i64, cfg.patch_size as i64);
+        let (c, d, k) = (
+            cfg.in_chans as i64,
+            cfg.embed_dim as i64,
+            cfg.patch_size as i64,
+        );
         let fan_in = c * k * k;
         let conv = nn::ConvConfig {
             stride: k,

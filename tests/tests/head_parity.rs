@@ -20,7 +20,7 @@ fn check(cfg: HeadConfig, tag: &str) {
     tch::no_grad(|| {
         for (k, mut v) in vs.variables() {
             if k.contains("weight_g") || k.contains("running") {
-                let _ = v.copy_(&(Tensor::rand_like(&v) + 0.5));
+                v.copy_(&(Tensor::rand_like(&v) + 0.5));
             }
         }
     });
@@ -42,15 +42,28 @@ fn check(cfg: HeadConfig, tag: &str) {
 
     let x = Tensor::randn([5, cfg.in_dim as i64], (Kind::Float, Device::Cpu));
     let input = dir.join("x.safetensors");
-    write_atomic(&input, &BTreeMap::from([("x".to_string(), to_raw(&x))]), Default::default())
-        .unwrap();
+    write_atomic(
+        &input,
+        &BTreeMap::from([("x".to_string(), to_raw(&x))]),
+        Default::default(),
+    )
+    .unwrap();
     let out = dir.join("y.safetensors");
     let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
     run_python(
         "head_parity.py",
-        &["--weights", &p(&weights), "--input", &p(&input), "--out", &p(&out)],
+        &[
+            "--weights",
+            &p(&weights),
+            "--input",
+            &p(&input),
+            "--out",
+            &p(&out),
+        ],
     );
-    let expected = StFile::read(&out).unwrap().tensors["y"].to_f32(&out, "y").unwrap();
+    let expected = StFile::read(&out).unwrap().tensors["y"]
+        .to_f32(&out, "y")
+        .unwrap();
     let ours = tch::no_grad(|| head.forward_t(&x, false));
     let ours = Vec::<f32>::try_from(ours.flatten(0, -1)).unwrap();
     assert_close(&ours, &expected, 1e-5, 0.0);

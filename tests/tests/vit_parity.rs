@@ -31,7 +31,15 @@ fn reference(dir: &Path, weights: &Path, x: &Tensor, tag: &str) -> (Vec<f32>, Ve
     let s = |p: &Path| p.to_str().unwrap().to_string();
     run_python(
         "vit_parity.py",
-        &["forward", "--weights", &s(weights), "--input", &s(&input), "--out", &s(&out)],
+        &[
+            "forward",
+            "--weights",
+            &s(weights),
+            "--input",
+            &s(&input),
+            "--out",
+            &s(&out),
+        ],
     );
     let f = StFile::read(&out).unwrap();
     let get = |k: &str| f.tensors[k].to_f32(&out, k).unwrap();
@@ -83,7 +91,9 @@ fn timm_weights_load_and_agree() {
     let s = weights.to_str().unwrap();
     run_python(
         "vit_parity.py",
-        &["create", "--arch", "vit_tiny", "--patch", "16", "--seed", "3", "--out", s],
+        &[
+            "create", "--arch", "vit_tiny", "--patch", "16", "--seed", "3", "--out", s,
+        ],
     );
     let loaded = load_backbone(&weights, Device::Cpu).unwrap();
     tch::manual_seed(1);

@@ -36,6 +36,20 @@ pub enum Command {
     Train(TrainArgs),
     /// Weighted k-NN accuracy of a teacher on labelled ImageFolders (eval_knn.py).
     Knn(KnnArgs),
+    /// Speed of the training step on synthetic crops already on the device (one JSON line).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Untimed steps first (allocator and kernel warm-up).
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Timed training steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
 }
 
 #[derive(Debug)]
@@ -44,6 +58,8 @@ pub struct TrainArgs {
     pub resume: bool,
     pub quiet: bool,
     pub dry_run: bool,
+    /// Stop after this many epochs of this invocation (the schedules still span `epochs`).
+    pub stop_after: Option<usize>,
     /// Options given on the command line, as `(official name, text)`.
     pub overrides: Vec<(String, String)>,
 }
@@ -70,6 +86,13 @@ impl Args for TrainArgs {
                     .short('q')
                     .action(clap::ArgAction::SetTrue)
                     .help("no progress bars"),
+            )
+            .arg(
+                clap::Arg::new("stop_after")
+                    .long("stop-after")
+                    .value_name("EPOCHS")
+                    .value_parser(clap::value_parser!(usize))
+                    .help("stop after this many epochs of this invocation, keeping the schedules of the full run (time-boxed jobs; continue with --resume)"),
             )
             .arg(
                 clap::Arg::new("print_config")
@@ -104,6 +127,7 @@ impl FromArgMatches for TrainArgs {
             resume: m.get_flag("resume"),
             quiet: m.get_flag("quiet"),
             dry_run: m.get_flag("print_config"),
+            stop_after: m.get_one::<usize>("stop_after").copied(),
             overrides,
         })
     }

@@ -33,7 +33,7 @@ impl GradNorms {
 /// The branch is taken on the device (`g *= where(coef < 1, coef, 1)`, and `x * 1` is
 /// exact) so that clipping never waits for the GPU; the result is the same.
 pub fn clip_gradients(params: &[(String, Tensor)], clip: f64) -> Result<GradNorms, AlgoError> {
-    if !(clip > 0.0) {
+    if clip.is_nan() || clip <= 0.0 {
         return Err(AlgoError::param(
             "clip_grad",
             format!("must be positive, got {clip}"),

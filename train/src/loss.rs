@@ -88,8 +88,8 @@ impl DinoLoss {
         Ok(())
     }
 
-    /// The teacher temperature of `epoch` (the last one for epochs past the schedule would be
-    /// an indexing error in the official code, and is one here).
+    /// The teacher temperature of `epoch`; an epoch past the schedule is an error (an index
+    /// error in the official code too).
     pub fn teacher_temp(&self, epoch: usize) -> Result<f64, AlgoError> {
         self.cfg
             .teacher_temp_schedule

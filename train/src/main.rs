@@ -4,9 +4,9 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use dino_core::EvalTransform;
-use dino_train::cli::{Cli, Command, KnnArgs, TrainArgs};
+use dino_train::cli::{BenchArgs, Cli, Command, KnnArgs, TrainArgs};
 use dino_train::config::TrainConfig;
-use dino_train::{device, knn_eval, trainer};
+use dino_train::{bench, device, knn_eval, trainer};
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
@@ -19,7 +19,14 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(a),
         Command::Knn(a) => knn(a),
+        Command::Bench(a) => bench(a),
     }
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let cfg = TrainConfig::resolve(a.train.config.as_deref(), &a.train.overrides)?;
+    println!("{}", bench::bench_step(&cfg, a.warmup, a.steps)?);
+    Ok(())
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -32,11 +39,26 @@ fn train(a: TrainArgs) -> Result<()> {
         !cfg.data_path.as_os_str().is_empty(),
         "no data_path: give --data_path <ImageFolder> or set it in the config file"
     );
-    let s = trainer::train(&cfg, a.resume, a.quiet)?;
+    let s = trainer::train(
+        &cfg,
+        &trainer::RunOptions {
+            resume: a.resume,
+            quiet: a.quiet,
+            stop_after: a.stop_after,
+        },
+    )?;
     if s.skipped_files > 0 {
         eprintln!("{} unreadable file(s) were skipped", s.skipped_files);
     }
-    eprintln!("teacher backbone written to {}", s.teacher_path.display());
+    if s.finished {
+        eprintln!("teacher backbone written to {}", s.teacher_path.display());
+    } else {
+        eprintln!(
+            "stopped after {} epoch(s); continue with --resume --output_dir {}",
+            s.epochs_run,
+            cfg.output_dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -45,16 +67,38 @@ fn knn(a: KnnArgs) -> Result<()> {
     let loaded = dino_models::io::load_backbone(&a.checkpoint, device)
         .with_context(|| format!("cannot load {}", a.checkpoint.display()))?;
     let img = loaded.model.cfg.img_size;
-    let base = loaded.eval.clone().unwrap_or_else(|| EvalTransform::standard(img));
+    let base = loaded
+        .eval
+        .clone()
+        .unwrap_or_else(|| EvalTransform::standard(img));
     let t = if a.native {
-        EvalTransform { resize_size: img, crop_size: img, ..base }
+        EvalTransform {
+            resize_size: img,
+            crop_size: img,
+            ..base
+        }
     } else {
         let crop = a.crop.unwrap_or(base.crop_size);
-        let resize = a.resize.unwrap_or(if a.crop.is_some() { crop * 256 / 224 } else { base.resize_size });
-        EvalTransform { resize_size: resize, crop_size: crop, ..base }
+        let resize = a.resize.unwrap_or(if a.crop.is_some() {
+            crop * 256 / 224
+        } else {
+            base.resize_size
+        });
+        EvalTransform {
+            resize_size: resize,
+            crop_size: crop,
+            ..base
+        }
     };
     let r = knn_eval::evaluate(
-        &loaded.model, &a.train, &a.val, &t, a.k, a.temperature, device, a.quiet,
+        &loaded.model,
+        &a.train,
+        &a.val,
+        &t,
+        a.k,
+        a.temperature,
+        device,
+        a.quiet,
     )?;
     if a.json {
         println!(

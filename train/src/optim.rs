@@ -29,8 +29,8 @@ pub fn trainable_params(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
     v
 }
 
-/// Official rule of `get_params_groups`: biases and all 1-D parameters (norm weights, and
-/// here also tokens would be >1-D) are not weight-decayed.
+/// Official rule of `get_params_groups`: biases and all 1-D parameters (LayerNorm weights)
+/// are not weight-decayed; matrices and the 3-D tokens and position embedding are.
 pub fn is_regularized(name: &str, shape: &[i64]) -> bool {
     !(name.ends_with(".bias") || shape.len() == 1)
 }

@@ -14,16 +14,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Checkpoint, TrainState};
-use crate::clip::{cancel_gradients_last_layer, clip_gradients};
 use crate::config::TrainConfig;
 use crate::data::{AugmentConfig, ImageDataset, Loader, LoaderConfig, MultiCropBatch, Verify};
-use crate::device::{Precision, select_device};
-use crate::ema::EmaPairs;
-use crate::loss::{DinoLoss, DinoLossConfig, max_entropy};
+use crate::device::select_device;
+use crate::loss::max_entropy;
 use crate::metrics::{self, EpochRow, MetricsLog, Row, StepRow};
 use crate::model::DinoNet;
-use crate::optim::{Optimizer, get_params_groups};
-use crate::schedule::{ScheduleConfig, Schedules};
+use crate::step::{DinoStep, StepOut};
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const TEACHER: &str = "teacher.safetensors";
@@ -36,10 +33,23 @@ pub struct Summary {
     pub epoch_losses: Vec<f64>,
     pub teacher_path: PathBuf,
     pub skipped_files: usize,
+    /// All `epochs` are done (else stopped by `stop_after`).
+    pub finished: bool,
 }
 
-/// Trains as `cfg` says, resuming from `output_dir/checkpoint.safetensors` if `resume`.
-pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
+/// How one invocation runs (not part of the training recipe).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from `output_dir/checkpoint.safetensors`.
+    pub resume: bool,
+    pub quiet: bool,
+    /// Stop after this many epochs of this invocation.
+    pub stop_after: Option<usize>,
+}
+
+/// Trains as `cfg` says. The teacher backbone is written when the last epoch is done.
+pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
+    let (resume, quiet) = (opts.resume, opts.quiet);
     let out = &cfg.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let ckpt_path = out.join(CHECKPOINT);
@@ -50,8 +60,6 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
         );
     }
     let device = select_device(&cfg.device)?;
-    let precision = Precision::resolve(&cfg.precision, device)?;
-
     let dataset = Arc::new(
         ImageDataset::open(&cfg.data_path, Verify::Full)
             .with_context(|| format!("cannot load data_path {}", cfg.data_path.display()))?,
@@ -72,30 +80,19 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
         },
     )?;
     let niter = loader.batches_per_epoch();
-    let schedules = Schedules::new(&schedule_config(cfg, niter))?;
-
     tch::manual_seed(checkpoint::seed_for_epoch(cfg.seed, usize::MAX));
-    let vit = cfg.vit()?;
-    let head = cfg.head();
-    let student = DinoNet::new(&vit, &head, device);
-    let teacher = DinoNet::teacher_of(&student, device);
-    let params = student.trainable();
-    let mut optimizer = Optimizer::new(cfg.optimizer.parse()?, get_params_groups(student.trainable()));
-    let ncrops = 2 + cfg.local_crops_number;
-    let mut loss_cfg = DinoLossConfig::new(cfg.out_dim, ncrops, schedules.teacher_temp.clone());
-    loss_cfg.student_temp = cfg.student_temp;
-    loss_cfg.center_momentum = cfg.center_momentum;
-    let mut dino_loss = DinoLoss::new(loss_cfg, device)?;
-    let ema = EmaPairs::new(
-        teacher.trainable_and_frozen(),
-        student.trainable_and_frozen(),
-    )?;
+    let mut run = DinoStep::new(cfg, niter, device)?;
 
     let (mut start_epoch, mut step) = (0, 0);
     if resume && ckpt_path.exists() {
         let ck = Checkpoint::read(&ckpt_path)?;
         ensure_compatible(&ck.config, cfg, &ckpt_path)?;
-        ck.restore(&student, &teacher, &mut optimizer, &mut dino_loss)?;
+        ck.restore(
+            &run.student,
+            &run.teacher,
+            &mut run.optimizer,
+            &mut run.loss,
+        )?;
         (start_epoch, step) = (ck.epoch, ck.step);
         eprintln!(
             "resuming {} at epoch {start_epoch}, step {step}",
@@ -111,9 +108,13 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
         epoch_losses: Vec::new(),
         teacher_path: out.join(TEACHER),
         skipped_files: 0,
+        finished: false,
     };
 
-    for epoch in start_epoch..cfg.epochs {
+    let end_epoch = opts
+        .stop_after
+        .map_or(cfg.epochs, |n| (start_epoch + n).min(cfg.epochs));
+    for epoch in start_epoch..end_epoch {
         tch::manual_seed(checkpoint::seed_for_epoch(cfg.seed, epoch));
         let bar = progress_bar(niter, epoch, cfg.epochs, quiet);
         let started = Instant::now();
@@ -122,27 +123,13 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
         for (i, batch) in loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             let it = epoch * niter + i;
-            let v = schedules.at(it)?;
             let (global, local) = to_device(&batch, device);
-            let (loss, teacher_out) = tch::autocast(precision.autocast(), || {
-                let t = tch::no_grad(|| teacher.forward_crops(&[&global], true));
-                let groups: Vec<&Tensor> = match &local {
-                    Some(l) => vec![&global, l],
-                    None => vec![&global],
-                };
-                let s = student.forward_crops(&groups, true);
-                (dino_loss.forward(&s, &t, epoch), t)
-            });
-            let loss = loss?;
-            optimizer.zero_grad();
-            loss.backward();
-            if cfg.clip_grad > 0.0 {
-                clip_gradients(&params, cfg.clip_grad)?;
-            }
-            let cancelled = cancel_gradients_last_layer(epoch, &params, cfg.freeze_last_layer);
-            optimizer.step(v.lr, v.wd, &cancelled)?;
-            ema.update(v.momentum)?;
-            loss_sum += loss.detach();
+            let StepOut {
+                loss,
+                teacher_out,
+                values: v,
+            } = run.step(&global, local.as_ref(), it)?;
+            loss_sum += &loss;
             seen += 1;
             step += 1;
             window.1 += batch.batch_size;
@@ -157,7 +144,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
                         ckpt_path.display()
                     );
                 }
-                let stats = dino_loss.teacher_stats(&teacher_out, epoch)?;
+                let stats = run.loss.teacher_stats(&teacher_out, epoch)?;
                 let row = StepRow {
                     epoch,
                     step,
@@ -216,10 +203,10 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
 
         let state = TrainState {
             config: cfg,
-            student: &student,
-            teacher: &teacher,
-            optimizer: &optimizer,
-            loss: &dino_loss,
+            student: &run.student,
+            teacher: &run.teacher,
+            optimizer: &run.optimizer,
+            loss: &run.loss,
             epoch: epoch + 1,
             step,
         };
@@ -231,7 +218,7 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
             )?;
         }
         if cfg.knn_freq > 0 && ((epoch + 1) % cfg.knn_freq == 0 || epoch + 1 == cfg.epochs) {
-            let r = crate::knn_eval::during_training(cfg, &teacher, device, quiet)?;
+            let r = crate::knn_eval::during_training(cfg, &run.teacher, device, quiet)?;
             if !quiet {
                 eprintln!(
                     "k-NN after epoch {}: top-1 {:.2}%, top-5 {:.2}%",
@@ -249,7 +236,10 @@ pub fn train(cfg: &TrainConfig, resume: bool, quiet: bool) -> Result<Summary> {
             }))?;
         }
     }
-    save_teacher_backbone(&summary.teacher_path, &teacher, cfg)?;
+    if end_epoch == cfg.epochs {
+        save_teacher_backbone(&summary.teacher_path, &run.teacher, cfg)?;
+    }
+    summary.finished = end_epoch == cfg.epochs;
     summary.skipped_files = loader.skipped_count();
     Ok(summary)
 }
@@ -288,7 +278,8 @@ fn ensure_compatible(saved: &TrainConfig, now: &TrainConfig, path: &Path) -> Res
     Ok(())
 }
 
-fn augment_config(cfg: &TrainConfig) -> AugmentConfig {
+/// The multi-crop settings of a training config.
+pub fn augment_config(cfg: &TrainConfig) -> AugmentConfig {
     AugmentConfig {
         global_size: cfg.global_crop_size,
         local_size: cfg.local_crop_size,
@@ -298,23 +289,6 @@ fn augment_config(cfg: &TrainConfig) -> AugmentConfig {
         mean: cfg.mean,
         std: cfg.std,
         ..AugmentConfig::default()
-    }
-}
-
-fn schedule_config(cfg: &TrainConfig, niter: usize) -> ScheduleConfig {
-    ScheduleConfig {
-        epochs: cfg.epochs,
-        niter_per_ep: niter,
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        min_lr: cfg.min_lr,
-        warmup_epochs: cfg.warmup_epochs,
-        weight_decay: cfg.weight_decay,
-        weight_decay_end: cfg.weight_decay_end,
-        momentum_teacher: cfg.momentum_teacher,
-        warmup_teacher_temp: cfg.warmup_teacher_temp,
-        teacher_temp: cfg.teacher_temp,
-        warmup_teacher_temp_epochs: cfg.warmup_teacher_temp_epochs,
     }
 }
 

@@ -4,7 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dino_train::data::{
-    AugmentConfig, ImageDataset, Loader, LoaderConfig, MultiCropBatch, MultiCrop, Photometric, Verify, augment, color,
+    AugmentConfig, ImageDataset, Loader, LoaderConfig, MultiCrop, MultiCropBatch, Photometric,
+    Verify, augment, color,
 };
 
 fn cifar() -> Arc<ImageDataset> {
@@ -13,7 +14,13 @@ fn cifar() -> Arc<ImageDataset> {
 }
 
 fn loader(ds: &Arc<ImageDataset>, workers: usize, aug: AugmentConfig, seed: u64) -> Loader {
-    let cfg = LoaderConfig { batch_size: 16, num_workers: workers, prefetch: 2, seed, ..Default::default() };
+    let cfg = LoaderConfig {
+        batch_size: 16,
+        num_workers: workers,
+        prefetch: 2,
+        seed,
+        ..Default::default()
+    };
     Loader::new(ds.clone(), aug, cfg).expect("loader")
 }
 
@@ -37,7 +44,10 @@ fn same_seed_is_bit_identical_across_thread_counts() {
         assert_eq!(bits(&a.local), bits(&b.local));
     }
     let b = &one[0];
-    assert_eq!((b.batch_size, b.global_size, b.local_size, b.n_local), (16, 32, 16, 6));
+    assert_eq!(
+        (b.batch_size, b.global_size, b.local_size, b.n_local),
+        (16, 32, 16, 6)
+    );
     assert_eq!(b.global.len(), 2 * 16 * 3 * 32 * 32);
     assert_eq!(b.local.len(), 6 * 16 * 3 * 16 * 16);
     assert!(b.global.iter().chain(&b.local).all(|x| x.is_finite()));
@@ -53,7 +63,13 @@ fn epochs_and_seeds_differ() {
     assert_ne!(e0.indices, e1.indices, "epoch shuffles differ");
     assert_ne!(e0.global, e1.global);
     // Same samples in a different epoch get different crops: compare without shuffling.
-    let cfg = |seed| LoaderConfig { batch_size: 8, num_workers: 2, shuffle: false, seed, ..Default::default() };
+    let cfg = |seed| LoaderConfig {
+        batch_size: 8,
+        num_workers: 2,
+        shuffle: false,
+        seed,
+        ..Default::default()
+    };
     let fixed = Loader::new(ds.clone(), AugmentConfig::cifar(), cfg(7)).unwrap();
     let a = fixed.epoch(0).next().unwrap().unwrap();
     let b = fixed.epoch(1).next().unwrap().unwrap();
@@ -71,14 +87,31 @@ fn epoch_length_and_early_drop() {
     let ds = cifar();
     let l = loader(&ds, 2, AugmentConfig::cifar(), 1);
     assert_eq!(l.batches_per_epoch(), 5000 / 16);
-    let n = l.epoch(0).map(|b| b.unwrap()).inspect(|b| assert_eq!(b.batch_size, 16)).count();
+    let n = l
+        .epoch(0)
+        .map(|b| b.unwrap())
+        .inspect(|b| assert_eq!(b.batch_size, 16))
+        .count();
     assert_eq!(n, 312);
     // Dropping a half-consumed epoch must not hang the producer.
     let mut it = l.epoch(1);
     it.next().unwrap().unwrap();
     drop(it);
-    let keep_last = LoaderConfig { batch_size: 3000, num_workers: 2, drop_last: false, ..Default::default() };
-    let l = Loader::new(ds.clone(), AugmentConfig { n_local: 0, ..AugmentConfig::cifar() }, keep_last).unwrap();
+    let keep_last = LoaderConfig {
+        batch_size: 3000,
+        num_workers: 2,
+        drop_last: false,
+        ..Default::default()
+    };
+    let l = Loader::new(
+        ds.clone(),
+        AugmentConfig {
+            n_local: 0,
+            ..AugmentConfig::cifar()
+        },
+        keep_last,
+    )
+    .unwrap();
     let sizes: Vec<usize> = l.epoch(0).map(|b| b.unwrap().batch_size).collect();
     assert_eq!(sizes, vec![3000, 2000]);
 }
@@ -87,7 +120,10 @@ fn epoch_length_and_early_drop() {
 fn deferred_photometric_reproduces_cpu_path() {
     let ds = cifar();
     let cpu = first(&loader(&ds, 2, AugmentConfig::cifar(), 3), 0, 1).remove(0);
-    let deferred_cfg = AugmentConfig { photometric: Photometric::Deferred, ..AugmentConfig::cifar() };
+    let deferred_cfg = AugmentConfig {
+        photometric: Photometric::Deferred,
+        ..AugmentConfig::cifar()
+    };
     let raw_batch = first(&loader(&ds, 2, deferred_cfg, 3), 0, 1).remove(0);
     assert!(raw_batch.global.is_empty() && raw_batch.local.is_empty());
     assert_eq!(raw_batch.indices, cpu.indices);
@@ -101,7 +137,9 @@ fn deferred_photometric_reproduces_cpu_path() {
         let mut scratch = Vec::new();
         for (k, p) in params.iter().enumerate() {
             let chw = &bytes[k * 3 * plane..(k + 1) * 3 * plane];
-            let mut hwc: Vec<u8> = (0..plane).flat_map(|i| [chw[i], chw[plane + i], chw[2 * plane + i]]).collect();
+            let mut hwc: Vec<u8> = (0..plane)
+                .flat_map(|i| [chw[i], chw[plane + i], chw[2 * plane + i]])
+                .collect();
             augment::apply_photometric(&mut hwc, size, p, &mut scratch);
             let mut out = vec![0f32; 3 * plane];
             norm.to_chw(&hwc, &mut out);
@@ -111,7 +149,11 @@ fn deferred_photometric_reproduces_cpu_path() {
     check(&raw.global, &raw.global_params, 32, &cpu.global);
     check(&raw.local, &raw.local_params, 16, &cpu.local);
     // The second global view of every sample is the only one that may solarize.
-    assert!(raw.global_params[..16].iter().all(|p| !p.solarize && p.blur_sigma.is_some()));
+    assert!(
+        raw.global_params[..16]
+            .iter()
+            .all(|p| !p.solarize && p.blur_sigma.is_some())
+    );
     let _ = MultiCrop::new(AugmentConfig::cifar()).unwrap();
 }
 

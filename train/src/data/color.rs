@@ -56,53 +56,92 @@ pub fn adjust_saturation(px: &mut [u8], factor: f32) {
     }
 }
 
-/// Pillow's `convert("HSV")` for one pixel (8-bit H, S, V).
+/// C `round` (half away from zero) for the non-negative products of `hsv2rgb`, without a
+/// libm call: `x - trunc(x)` is exact below 2^52. Negative inputs clip to 0 either way.
 #[inline]
-fn rgb_to_hsv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
+fn round_pos(x: f64) -> i32 {
+    let t = x as i64 as f64;
+    (if x - t >= 0.5 { t + 1.0 } else { t }) as i32
+}
+
+/// Tables that make the HSV round trip cheap without changing a single result.
+struct HsvTables {
+    /// 8-bit saturation `clip(int((cr / maxc) * 255))`, indexed `[maxc][cr]`.
+    sat: Vec<u8>,
+    /// For each 8-bit hue: the sextant `i % 6` and the fraction `f` of `hsv2rgb`.
+    sextant: [(u8, f32); 256],
+    /// `fs = s / 255` as `hsv2rgb` computes it.
+    fs: [f32; 256],
+}
+
+fn hsv_tables() -> &'static HsvTables {
+    static T: std::sync::OnceLock<HsvTables> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut sat = vec![0u8; 256 * 256];
+        for maxc in 1..256usize {
+            for cr in 1..=maxc {
+                let s = cr as f32 / maxc as f32;
+                sat[maxc * 256 + cr] = ((s as f64 * 255.0) as i32).clamp(0, 255) as u8;
+            }
+        }
+        HsvTables {
+            sat,
+            sextant: std::array::from_fn(|h| {
+                let h6 = h as f32 as f64 * 6.0 / 255.0;
+                let i = h6.floor() as i32;
+                ((i % 6) as u8, (h6 - i as f32 as f64) as f32)
+            }),
+            fs: std::array::from_fn(|s| (s as f32 as f64 / 255.0) as f32),
+        }
+    })
+}
+
+/// Pillow's `convert("HSV")` for one pixel (8-bit H, S, V), with the C source's float/double
+/// mix; `fmod(x, 1)` on `x` in `[5/6, 11/6]` is the exact `x - 1` for `x >= 1`.
+#[inline]
+fn rgb_to_hsv(t: &HsvTables, r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     let maxc = r.max(g).max(b);
     let minc = r.min(g).min(b);
     if maxc == minc {
         return (0, 0, maxc);
     }
     let cr = (maxc - minc) as f32;
-    let s = cr / maxc as f32;
-    let rc = (maxc - r) as f32 / cr;
-    let gc = (maxc - g) as f32 / cr;
-    let bc = (maxc - b) as f32 / cr;
-    // Mixed float/double arithmetic exactly as the C source evaluates it.
     let h: f32 = if r == maxc {
-        bc - gc
+        (maxc - b) as f32 / cr - (maxc - g) as f32 / cr
     } else if g == maxc {
-        (2.0 + rc as f64 - bc as f64) as f32
+        (2.0 + ((maxc - r) as f32 / cr) as f64 - ((maxc - b) as f32 / cr) as f64) as f32
     } else {
-        (4.0 + gc as f64 - rc as f64) as f32
+        (4.0 + ((maxc - g) as f32 / cr) as f64 - ((maxc - r) as f32 / cr) as f64) as f32
     };
-    let h = ((h as f64 / 6.0 + 1.0) % 1.0) as f32;
-    let clip = |v: f64| (v as i32).clamp(0, 255) as u8;
-    (clip(h as f64 * 255.0), clip(s as f64 * 255.0), maxc)
+    let x = h as f64 / 6.0 + 1.0;
+    let h = (if x >= 1.0 { x - 1.0 } else { x }) as f32;
+    let uh = ((h as f64 * 255.0) as i32).clamp(0, 255) as u8;
+    (
+        uh,
+        t.sat[maxc as usize * 256 + (maxc - minc) as usize],
+        maxc,
+    )
 }
 
 /// Pillow's `convert("RGB")` from HSV for one pixel.
 #[inline]
-fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
+fn hsv_to_rgb(t: &HsvTables, h: u8, s: u8, v: u8) -> (u8, u8, u8) {
     if s == 0 {
         return (v, v, v);
     }
-    let h6 = h as f32 as f64 * 6.0 / 255.0;
-    let i = h6.floor() as i32;
-    let f = (h6 - i as f32 as f64) as f32;
-    let fs = (s as f32 as f64 / 255.0) as f32;
-    let vf = v as f32 as f64;
-    let clip = |x: f64| (x.round() as i32).clamp(0, 255) as u8;
+    let (i, f) = t.sextant[h as usize];
+    let fs = t.fs[s as usize];
+    let vf = v as f64;
+    let clip = |x: f64| round_pos(x).clamp(0, 255) as u8;
     let p = clip(vf * (1.0 - fs as f64));
     let q = clip(vf * (1.0 - (fs * f) as f64));
-    let t = clip(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
-    match i % 6 {
-        0 => (v, t, p),
+    let tt = clip(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
+    match i {
+        0 => (v, tt, p),
         1 => (q, v, p),
-        2 => (p, v, t),
+        2 => (p, v, tt),
         3 => (p, q, v),
-        4 => (t, p, v),
+        4 => (tt, p, v),
         _ => (v, p, q),
     }
 }
@@ -111,9 +150,10 @@ fn hsv_to_rgb(h: u8, s: u8, v: u8) -> (u8, u8, u8) {
 /// `trunc(factor * 255)`; `factor` in `[-0.5, 0.5]`.
 pub fn adjust_hue(px: &mut [u8], factor: f32) {
     let shift = (factor as f64 * 255.0) as i32 as u8;
+    let t = hsv_tables();
     for p in px.chunks_exact_mut(3) {
-        let (h, s, v) = rgb_to_hsv(p[0], p[1], p[2]);
-        let (r, g, b) = hsv_to_rgb(h.wrapping_add(shift), s, v);
+        let (h, s, v) = rgb_to_hsv(t, p[0], p[1], p[2]);
+        let (r, g, b) = hsv_to_rgb(t, h.wrapping_add(shift), s, v);
         p[0] = r;
         p[1] = g;
         p[2] = b;
@@ -148,53 +188,78 @@ fn box_radius(sigma: f32, passes: u32) -> f32 {
     l + a
 }
 
-/// One pass of Pillow's fractional box blur over a line of `n` RGB pixels (edges extended).
-fn box_line(inp: &[u8], out: &mut [u8], radius: usize, ww: u32, fw: u32) {
+/// Moves the running sum one pixel (`+ add - sub`) and writes the output pixel: the sum
+/// weighted by `ww` plus the two pixels just outside the box (`sub`, `far`) weighted by `fw`.
+#[inline(always)]
+fn box_step(
+    o: &mut [u8],
+    acc: &mut [u32; 3],
+    add: [u32; 3],
+    sub: [u32; 3],
+    far: [u32; 3],
+    (ww, fw): (u32, u32),
+) {
+    for (c, a) in acc.iter_mut().enumerate() {
+        *a = a.wrapping_add(add[c]).wrapping_sub(sub[c]);
+        let bulk = a
+            .wrapping_mul(ww)
+            .wrapping_add((sub[c] + far[c]).wrapping_mul(fw));
+        o[c] = (bulk.wrapping_add(1 << 23) >> 24) as u8;
+    }
+}
+
+/// One pass of Pillow's fractional box blur over a line of `n` RGB pixels, edges extended
+/// (same accumulation order and fixed point as `ImagingLineBoxBlur`, so bit-identical).
+fn box_line(inp: &[u8], out: &mut [u8], radius: usize, w: (u32, u32)) {
     let n = inp.len() / 3;
     let last = n - 1;
     let edge_a = (radius + 1).min(n);
     let edge_b = n.saturating_sub(radius + 1);
-    for c in 0..3 {
-        let px = |x: usize| inp[x * 3 + c] as u32;
-        let mut acc = px(0) * (radius as u32 + 1);
-        for x in 0..edge_a - 1 {
-            acc += px(x);
-        }
-        acc += px(last) * (radius + 1 - edge_a) as u32;
-        let mut put = |x: usize, acc: u32, l: usize, r: usize| {
-            let bulk = acc
-                .wrapping_mul(ww)
-                .wrapping_add((px(l) + px(r)).wrapping_mul(fw));
-            out[x * 3 + c] = (bulk.wrapping_add(1 << 23) >> 24) as u8;
+    let v = |p: &[u8]| [p[0] as u32, p[1] as u32, p[2] as u32];
+    let px = |x: usize| v(&inp[x * 3..x * 3 + 3]);
+    let mut acc = px(0).map(|p| p * (radius as u32 + 1));
+    for x in 0..edge_a - 1 {
+        acc.iter_mut().zip(px(x)).for_each(|(a, p)| *a += p);
+    }
+    acc.iter_mut()
+        .zip(px(last))
+        .for_each(|(a, p)| *a += p * (radius + 1 - edge_a) as u32);
+    // Output x from (added pixel, subtracted pixel, far pixel).
+    let step =
+        |out: &mut [u8], acc: &mut [u32; 3], x: usize, add: usize, sub: usize, far: usize| {
+            box_step(
+                &mut out[x * 3..x * 3 + 3],
+                acc,
+                px(add),
+                px(sub),
+                px(far),
+                w,
+            );
         };
-        let step =
-            |acc: u32, add: usize, sub: usize| acc.wrapping_add(px(add)).wrapping_sub(px(sub));
-        if edge_a <= edge_b {
-            for x in 0..edge_a {
-                acc = step(acc, x + radius, 0);
-                put(x, acc, 0, x + radius + 1);
-            }
-            for x in edge_a..edge_b {
-                acc = step(acc, x + radius, x - radius - 1);
-                put(x, acc, x - radius - 1, x + radius + 1);
-            }
-            for x in edge_b..=last {
-                acc = step(acc, last, x - radius - 1);
-                put(x, acc, x - radius - 1, last);
-            }
-        } else {
-            for x in 0..edge_b {
-                acc = step(acc, x + radius, 0);
-                put(x, acc, 0, x + radius + 1);
-            }
-            for x in edge_b..edge_a {
-                acc = step(acc, last, 0);
-                put(x, acc, 0, last);
-            }
-            for x in edge_a..=last {
-                acc = step(acc, last, x - radius - 1);
-                put(x, acc, x - radius - 1, last);
-            }
+    if edge_a <= edge_b {
+        for x in 0..edge_a {
+            step(out, &mut acc, x, x + radius, 0, x + radius + 1);
+        }
+        // The bulk of the line without bounds checks; here edge_a == radius + 1.
+        let sub = inp.chunks_exact(3);
+        let add = inp[(edge_a + radius) * 3..].chunks_exact(3);
+        let far = inp[(edge_a + radius + 1) * 3..].chunks_exact(3);
+        let o = out[edge_a * 3..edge_b * 3].chunks_exact_mut(3);
+        for (((o, s), a), f) in o.zip(sub).zip(add).zip(far) {
+            box_step(o, &mut acc, v(a), v(s), v(f), w);
+        }
+        for x in edge_b..=last {
+            step(out, &mut acc, x, last, x - radius - 1, last);
+        }
+    } else {
+        for x in 0..edge_b {
+            step(out, &mut acc, x, x + radius, 0, x + radius + 1);
+        }
+        for x in edge_b..edge_a {
+            step(out, &mut acc, x, last, 0, last);
+        }
+        for x in edge_a..=last {
+            step(out, &mut acc, x, last, x - radius - 1, last);
         }
     }
 }
@@ -205,9 +270,9 @@ fn blur_rows(px: &mut [u8], tmp: &mut [u8], w: usize, radius: f32) {
     let ww = (16_777_216.0f32 / (radius * 2.0 + 1.0)) as u32;
     let fw = ((1u32 << 24) - (r as u32 * 2 + 1) * ww) / 2;
     for (row, trow) in px.chunks_exact_mut(3 * w).zip(tmp.chunks_exact_mut(3 * w)) {
-        box_line(row, trow, r, ww, fw);
-        box_line(trow, row, r, ww, fw);
-        box_line(row, trow, r, ww, fw);
+        box_line(row, trow, r, (ww, fw));
+        box_line(trow, row, r, (ww, fw));
+        box_line(row, trow, r, (ww, fw));
         row.copy_from_slice(trow);
     }
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use dino_core::CoreError;
 use dino_core::image_io::{ImageFolder, decode_rgb};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -36,43 +37,48 @@ pub struct ImageDataset {
     skipped: Mutex<Vec<SkippedFile>>,
 }
 
-/// Full decode check: the `image` decoders accept some truncated JPEGs (padding the missing
-/// scan), so a JPEG must also end with its EOI marker (trailing data up to 4 KiB allowed).
+/// Full decode check, returning the reason (without the path) on failure. The `image`
+/// decoders accept truncated JPEGs (padding the missing scan), so a JPEG must also end with
+/// its EOI marker (trailing data up to 4 KiB allowed).
 fn check_decode(bytes: &[u8], path: &Path) -> Result<RgbImage, String> {
-    let img = decode_rgb(bytes, path).map_err(|e| e.to_string())?;
-    if bytes.starts_with(&[0xFF, 0xD8]) {
-        // In entropy-coded data 0xFF is always stuffed, so 0xFF 0xD9 near the end is the EOI.
-        if !bytes.windows(2).rev().take(4096).any(|w| w == [0xFF, 0xD9]) {
-            return Err(format!(
-                "{}: truncated JPEG (no end-of-image marker)",
-                path.display()
-            ));
-        }
+    let img = decode_rgb(bytes, path).map_err(|e| match e {
+        CoreError::Image { why, .. } => why,
+        e => e.to_string(),
+    })?;
+    // In entropy-coded data 0xFF is always stuffed, so 0xFF 0xD9 near the end is the EOI.
+    if bytes.starts_with(&[0xFF, 0xD8])
+        && !bytes.windows(2).rev().take(4096).any(|w| w == [0xFF, 0xD9])
+    {
+        return Err("truncated JPEG (no end-of-image marker)".into());
     }
     Ok(img)
 }
 
+fn read_and_decode(path: &Path) -> Result<RgbImage, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    check_decode(&bytes, path)
+}
+
 fn check(path: &Path, verify: Verify) -> Result<(), String> {
     match verify {
-        Verify::Full => {
-            let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            check_decode(&bytes, path).map(drop)
-        }
+        Verify::Full => read_and_decode(path).map(drop),
         Verify::Header => image::ImageReader::open(path)
             .and_then(|r| r.with_guessed_format())
             .map_err(|e| e.to_string())?
             .into_dimensions()
             .map(drop)
-            .map_err(|e| format!("{}: {e}", path.display())),
+            .map_err(|e| e.to_string()),
+    }
+}
+
+impl std::fmt::Display for SkippedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
     }
 }
 
 fn warn(s: &SkippedFile) {
-    eprintln!(
-        "warning: skipping unreadable image {}: {}",
-        s.path.display(),
-        s.reason
-    );
+    eprintln!("warning: skipping unreadable image {s}");
 }
 
 impl ImageDataset {
@@ -153,11 +159,7 @@ impl ImageDataset {
     /// Decodes sample `index` to RGB8.
     pub fn load(&self, index: usize) -> Result<RgbImage, DataError> {
         let path = self.path(index);
-        let bytes = std::fs::read(path).map_err(|e| DataError::Image {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
-        check_decode(&bytes, path).map_err(|why| DataError::Image {
+        read_and_decode(path).map_err(|why| DataError::Image {
             path: path.to_path_buf(),
             why,
         })
@@ -174,7 +176,7 @@ impl ImageDataset {
             match self.load(i) {
                 Ok(img) => return Ok((i, img)),
                 Err(e) => {
-                    self.record_failure(i, &e);
+                    self.record_failure(&e);
                     last_err = Some(e);
                 }
             }
@@ -182,17 +184,19 @@ impl ImageDataset {
         Err(last_err.unwrap_or_else(|| DataError::Config("empty dataset".into())))
     }
 
-    fn record_failure(&self, index: usize, e: &DataError) {
-        if let Ok(mut s) = self.skipped.lock() {
-            let path = self.path(index);
-            if !s.iter().any(|f| f.path == path) {
-                let f = SkippedFile {
-                    path: path.to_path_buf(),
-                    reason: e.to_string(),
-                };
-                warn(&f);
-                s.push(f);
-            }
+    fn record_failure(&self, e: &DataError) {
+        let DataError::Image { path, why } = e else {
+            return;
+        };
+        if let Ok(mut s) = self.skipped.lock()
+            && !s.iter().any(|f| &f.path == path)
+        {
+            let f = SkippedFile {
+                path: path.clone(),
+                reason: why.clone(),
+            };
+            warn(&f);
+            s.push(f);
         }
     }
 }

@@ -133,7 +133,7 @@ impl AugmentConfig {
         if !scale_ok(self.global_scale) || !scale_ok(self.local_scale) {
             return bad("crop scales must satisfy 0 < min <= max <= 1");
         }
-        if self.std.iter().any(|s| !(*s > 0.0)) {
+        if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
             return bad("normalisation std must be positive");
         }
         Ok(())

@@ -44,6 +44,15 @@ def main(src, out):
         save(f"saturation_{s}", np.asarray(F.adjust_saturation(img, f32(s))), op="saturation", factor=f32(s))
     for h in (-0.1, -0.037, 0.05, 0.1):
         save(f"hue_{h}", np.asarray(F.adjust_hue(img, f32(h))), op="hue", factor=f32(h))
+    # A colour grid (every R, G; B in steps of 5) for the per-pixel float paths.
+    r, g, b = np.meshgrid(np.arange(256), np.arange(256), np.arange(0, 256, 5), indexing="ij")
+    grid = np.stack([r, g, b], -1).reshape(256 * 4, -1, 3).astype(np.uint8)
+    save("grid", grid)
+    grid_img = Image.fromarray(grid, "RGB")
+    for h in (-0.1, 0.0713):
+        save(f"grid_hue_{h}", np.asarray(F.adjust_hue(grid_img, f32(h))), op="hue", factor=f32(h), src="grid")
+    save("grid_saturation", np.asarray(F.adjust_saturation(grid_img, f32(1.17))), op="saturation",
+         factor=f32(1.17), src="grid")
     save("grayscale", np.asarray(F.rgb_to_grayscale(img, num_output_channels=3)), op="grayscale")
     save("solarize", np.asarray(ImageOps.solarize(img, 128)), op="solarize")
     for sigma in (0.1, 0.5, 1.3, 2.0):

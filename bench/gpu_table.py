@@ -1,0 +1,31 @@
+"""Prints the rows of bench/gpu.sh (one JSON object per line) as one markdown table."""
+import json
+import subprocess
+import sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+try:
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+except (OSError, subprocess.CalledProcessError):
+    gpu = "no GPU (CPU dry run)"
+print(f"device: {gpu}\n")
+print("| what | batch | throughput | step ms | peak GPU MiB | notes |")
+print("|---|---|---|---|---|---|")
+steps = {}
+for r in rows:
+    who = r.get("who", "?")
+    if r.get("what") == "train_step":
+        steps[who] = r["images_per_s"]
+        print(f"| {who}: training step | {r['batch_size']} | {r['images_per_s']:.1f} img/s | "
+              f"{r['step_ms']:.1f} | {r.get('peak_gpu_mib')} | {r.get('precision', '')}, "
+              f"final loss {r.get('final_loss', float('nan')):.3f} |")
+    elif "top1" in r:
+        print(f"| {who} | | | | | top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% |")
+    else:
+        rate = r.get("samples_per_s", float("nan"))
+        per = r["samples"] / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
+        print(f"| {who} | {r.get('batch', '')} | {rate:.1f} samples/s | | | "
+              f"{r.get('threads', '?')} threads, {per:.1f} samples/s/core |")
+if "dino-rs" in steps and "pytorch-reference" in steps:
+    print(f"\ndino-rs / PyTorch reference: {steps['dino-rs'] / steps['pytorch-reference']:.2f}x")

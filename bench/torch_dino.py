@@ -1,0 +1,156 @@
+"""PyTorch reference of the DINO training step for the speed benchmarks, written like the
+official code (train/tests/python/dino_model_reference.py: explicit attention, fp16 autocast
++ GradScaler on CUDA, torch.optim.AdamW, per-parameter clipping, EMA).
+
+  torch_dino.py step  [model flags] --device cuda --precision fp16 --steps 20 --warmup 5
+      synthetic crops already on the device; one JSON line like `dino-train bench`
+  torch_dino.py train [model flags] --data DIR --epochs 1 --workers 2
+      real multi-crop training on an ImageFolder with torchvision transforms and DataLoader
+      workers (the official DataAugmentationDINO); one JSON line with images/s
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train/tests/python"))
+from dino_model_reference import build, train_step  # noqa: E402
+
+PRESETS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+
+
+def config(a, niter):
+    dim, depth, heads = PRESETS.get(a.arch, (a.dim, a.depth, a.heads))
+    if a.dim:
+        dim = a.dim
+    if a.depth:
+        depth = a.depth
+    if a.heads:
+        heads = a.heads
+    return dict(img_size=a.global_, patch=a.patch, dim=dim, depth=depth, heads=heads, out_dim=a.out_dim,
+                hidden=a.hidden, bottleneck=256, norm_last_layer=True, drop_path_rate=0.1,
+                ncrops=2 + a.nlocal, epochs=a.epochs, niter=niter, batch=a.batch, lr=a.lr, min_lr=1e-6,
+                warmup_epochs=0, weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996,
+                warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0)
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_step(a):
+    torch.manual_seed(0)
+    total = a.warmup + a.steps
+    cfg = config(a, total)
+    student, teacher, loss_fn, opt, sched = build(cfg, a.device)
+    scaler = torch.amp.GradScaler("cuda") if a.precision == "fp16" else None
+    b = a.batch
+    images = [torch.randn(b, 3, a.global_, a.global_, device=a.device) for _ in range(2)]
+    images += [torch.randn(b, 3, a.local, a.local, device=a.device) for _ in range(a.nlocal)]
+    t0 = time.perf_counter()
+    for it in range(total):
+        if it == a.warmup:
+            sync(a.device)
+            t0 = time.perf_counter()
+        loss = train_step(student, teacher, loss_fn, opt, sched, it, 0, images, 3.0, 0, scaler)
+    final = loss.item()
+    sync(a.device)
+    secs = time.perf_counter() - t0
+    print(json.dumps(dict(what="train_step", device=a.device, precision=a.precision, batch_size=b,
+                          steps=a.steps, images_per_s=a.steps * b / secs, step_ms=secs * 1e3 / a.steps,
+                          final_loss=final)))
+
+
+def bench_train(a):
+    from torchvision import datasets, transforms
+    from PIL import ImageFilter, ImageOps
+    import random
+
+    class Blur:
+        def __init__(self, p):
+            self.p = p
+
+        def __call__(self, img):
+            if random.random() > self.p:
+                return img
+            return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+    class Solarize:
+        def __init__(self, p):
+            self.p = p
+
+        def __call__(self, img):
+            return ImageOps.solarize(img) if random.random() < self.p else img
+
+    flip_color = transforms.Compose([
+        transforms.RandomHorizontalFlip(p=0.5),
+        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        transforms.RandomGrayscale(p=0.2)])
+    norm = transforms.Compose([transforms.ToTensor(), transforms.Normalize(a.mean, a.std)])
+    bic = transforms.InterpolationMode.BICUBIC
+    g1 = transforms.Compose([transforms.RandomResizedCrop(a.global_, (0.4, 1.0), interpolation=bic),
+                             flip_color, Blur(1.0), norm])
+    g2 = transforms.Compose([transforms.RandomResizedCrop(a.global_, (0.4, 1.0), interpolation=bic),
+                             flip_color, Blur(0.1), Solarize(0.2), norm])
+    loc = transforms.Compose([transforms.RandomResizedCrop(a.local, (0.05, 0.4), interpolation=bic),
+                              flip_color, Blur(0.5), norm])
+
+    def multicrop(img):
+        return [g1(img), g2(img)] + [loc(img) for _ in range(a.nlocal)]
+
+    torch.manual_seed(0)
+    ds = datasets.ImageFolder(a.data, transform=multicrop)
+    loader = torch.utils.data.DataLoader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
+                                         drop_last=True, persistent_workers=a.workers > 0)
+    cfg = config(a, len(loader))
+    student, teacher, loss_fn, opt, sched = build(cfg, "cpu")
+    seen, t0 = 0, time.perf_counter()
+    for epoch in range(a.epochs):
+        for i, (images, _) in enumerate(loader):
+            train_step(student, teacher, loss_fn, opt, sched, epoch * len(loader) + i, epoch, images, 3.0, 1)
+            seen += a.batch
+    secs = time.perf_counter() - t0
+    print(json.dumps(dict(what="train_epochs", images=seen, seconds=secs, images_per_s=seen / secs,
+                          workers=a.workers, threads=a.threads)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("mode", choices=["step", "train"])
+    ap.add_argument("--arch", default="custom")
+    ap.add_argument("--patch", type=int, default=16)
+    ap.add_argument("--dim", type=int, default=0)
+    ap.add_argument("--depth", type=int, default=0)
+    ap.add_argument("--heads", type=int, default=0)
+    ap.add_argument("--out-dim", type=int, default=65536)
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--global", dest="global_", type=int, default=224)
+    ap.add_argument("--local", type=int, default=96)
+    ap.add_argument("--nlocal", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--precision", choices=["fp16", "fp32"], default="fp32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--data")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--mean", type=float, nargs=3, default=[0.4914, 0.4822, 0.4465])
+    ap.add_argument("--std", type=float, nargs=3, default=[0.2470, 0.2435, 0.2616])
+    a = ap.parse_args()
+    # The reference module pins tests to one deterministic thread; a benchmark does not.
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(a.threads)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("CUDA requested but not available")
+    (bench_step if a.mode == "step" else bench_train)(a)
+
+
+if __name__ == "__main__":
+    main()

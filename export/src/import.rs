@@ -1,0 +1,230 @@
+//! Official DINO weights into dino-rs: `.pth` backbone state dicts
+//! (`dino_deitsmall16_pretrain.pth`), training `checkpoint.pth` files (the `teacher`
+//! entry, keys prefixed `backbone.`/`head.`, optionally `module.`), and foreign
+//! safetensors files with official key names. The architecture is read off the tensor
+//! shapes and checked against `--arch`/`--patch-size` when given.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dino_core::st::{self, RawTensor, StFile};
+use dino_core::weights::{backbone_shapes, check_shapes};
+use dino_core::{CoreError, VitConfig};
+use safetensors::tensor::Dtype;
+
+use crate::error::ExportError;
+use crate::pth::{self, PthFile};
+
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Preset name; inferred from the embedding width when absent.
+    pub arch: Option<String>,
+    /// Checked against the patch projection's kernel when given.
+    pub patch_size: Option<usize>,
+    /// The checkpoint entry holding the weights (default: `teacher` if present, then
+    /// `state_dict`, `model`, else the whole file).
+    pub key: Option<String>,
+}
+
+/// A backbone read from a foreign file, ready to be written or exported.
+pub struct Imported {
+    pub path: PathBuf,
+    pub vit: VitConfig,
+    pub tensors: BTreeMap<String, RawTensor>,
+    /// The checkpoint entry the weights came from, if not the whole file.
+    pub entry: Option<String>,
+    /// Keys dropped on purpose (the DINO projection head).
+    pub ignored: Vec<String>,
+}
+
+/// Converts `from` (`.pth` or foreign `.safetensors`) to a dino-rs backbone file `to`.
+pub fn import(from: &Path, to: &Path, opts: &ImportOptions) -> Result<Imported, ExportError> {
+    let imported = read_foreign(from, opts)?;
+    let meta = st::backbone_metadata(&imported.vit, None, None, st::KIND_BACKBONE);
+    st::write_atomic(to, &imported.tensors, meta)?;
+    Ok(imported)
+}
+
+/// Materialises one tensor by its name in the file.
+type Fetch = Box<dyn FnMut(&str) -> Result<RawTensor, ExportError>>;
+
+/// Reads and checks the backbone of a foreign checkpoint.
+pub fn read_foreign(path: &Path, opts: &ImportOptions) -> Result<Imported, ExportError> {
+    let head = crate::load::sniff(path)?;
+    let (entry, names, mut fetch): (Option<String>, Vec<String>, Fetch) = if pth::is_zip(&head) {
+        let mut f = PthFile::open(path)?;
+        let (entry, value) = pick_entry(&f, opts.key.as_deref())?;
+        let refs = pth::tensors_in(&value);
+        let names = refs.keys().cloned().collect();
+        let fetch = move |k: &str| f.tensor(k, &refs[k]);
+        (entry, names, Box::new(fetch))
+    } else if pth::is_legacy_torch(&head) {
+        return Err(ExportError::pth(
+            path,
+            "legacy (pre-1.6) torch.save format; re-save it with `torch.save(torch.load(f), f)` in any recent PyTorch",
+        ));
+    } else if crate::load::looks_like_safetensors(&head) {
+        let f = StFile::read(path)?;
+        let names = f.tensors.keys().cloned().collect();
+        let fetch = move |k: &str| Ok(f.tensors[k].clone());
+        (None, names, Box::new(fetch))
+    } else {
+        return Err(crate::load::unknown_format(path));
+    };
+    if names.is_empty() {
+        return Err(ExportError::Weights {
+            path: path.to_path_buf(),
+            why: format!(
+                "no tensors found{}",
+                entry
+                    .as_deref()
+                    .map(|e| format!(" in entry `{e}`"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+
+    // Official key normalisation: DDP's `module.`, MultiCropWrapper's `backbone.`.
+    let mut tensors = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for name in names {
+        let mut k = name.as_str();
+        while let Some(rest) = k
+            .strip_prefix("module.")
+            .or_else(|| k.strip_prefix("backbone."))
+        {
+            k = rest;
+        }
+        if k.starts_with("head.") {
+            ignored.push(name.clone());
+            continue;
+        }
+        tensors.insert(k.to_string(), as_f32(path, &name, fetch(&name)?)?);
+    }
+    let vit = infer_config(path, &tensors, opts)?;
+    let found = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape.clone()))
+        .collect();
+    check_shapes(path, &backbone_shapes(&vit), &found)?;
+    Ok(Imported {
+        path: path.to_path_buf(),
+        vit,
+        tensors,
+        entry,
+        ignored,
+    })
+}
+
+/// Float tensors are stored as float32, whatever the file held (fp16 and bf16 releases).
+fn as_f32(path: &Path, name: &str, t: RawTensor) -> Result<RawTensor, ExportError> {
+    if matches!(t.dtype, Dtype::F64 | Dtype::F16 | Dtype::BF16) {
+        let values = t.to_f32(path, name)?;
+        return Ok(RawTensor::from_f32(t.shape, &values));
+    }
+    Ok(t)
+}
+
+fn pick_entry(
+    f: &PthFile,
+    key: Option<&str>,
+) -> Result<(Option<String>, pth::pickle::Value), ExportError> {
+    if let Some(k) = key {
+        return pth::dict_entry(&f.root, k)
+            .map(|v| (Some(k.to_string()), v))
+            .ok_or_else(|| {
+                ExportError::pth(
+                    &f.path,
+                    format!(
+                        "no entry `{k}`; the file has: {}",
+                        pth::dict_keys(&f.root).join(", ")
+                    ),
+                )
+            });
+    }
+    for k in ["teacher", "state_dict", "model"] {
+        if let Some(v) = pth::dict_entry(&f.root, k) {
+            return Ok((Some(k.to_string()), v));
+        }
+    }
+    Ok((None, f.root.clone()))
+}
+
+/// The architecture the tensors describe, checked against the user's `--arch`/`--patch-size`.
+fn infer_config(
+    path: &Path,
+    t: &BTreeMap<String, RawTensor>,
+    opts: &ImportOptions,
+) -> Result<VitConfig, ExportError> {
+    let bad = |why: String| ExportError::Weights {
+        path: path.to_path_buf(),
+        why,
+    };
+    let shape = |k: &str| -> Result<&[usize], ExportError> {
+        t.get(k).map(|x| x.shape.as_slice()).ok_or_else(|| {
+            let mut keys: Vec<_> = t.keys().take(8).cloned().collect();
+            if t.len() > 8 {
+                keys.push("...".into());
+            }
+            bad(format!(
+                "not a DINO ViT backbone: missing key `{k}` (found: {})",
+                keys.join(", ")
+            ))
+        })
+    };
+    let pe = shape("patch_embed.proj.weight")?;
+    let [d, in_chans, p, p2] = *pe else {
+        return Err(bad(format!(
+            "`patch_embed.proj.weight` has shape {pe:?}, expected [D, C, p, p]"
+        )));
+    };
+    if p != p2 {
+        return Err(bad(format!(
+            "non-square patches {p}x{p2} are not supported"
+        )));
+    }
+    let pos = shape("pos_embed")?;
+    let tokens = if pos.len() == 3 { pos[1] } else { 0 };
+    let grid = ((tokens.saturating_sub(1)) as f64).sqrt() as usize;
+    if tokens < 2 || grid * grid + 1 != tokens {
+        return Err(bad(format!(
+            "`pos_embed` has shape {pos:?}, expected [1, 1 + g*g, D]"
+        )));
+    }
+    let depth = (0..)
+        .take_while(|i| t.contains_key(&format!("blocks.{i}.norm1.weight")))
+        .count();
+    let fc1 = shape("blocks.0.mlp.fc1.weight")?;
+    let preset = match &opts.arch {
+        Some(a) => Some(VitConfig::preset(a, p)?),
+        None => dino_core::config::PRESETS
+            .iter()
+            .find(|x| x.1 == d && x.3 > 0)
+            .map(|x| VitConfig::preset(x.0, p))
+            .transpose()?,
+    };
+    let Some(mut cfg) = preset else {
+        return Err(bad(format!(
+            "embedding width {d} matches no preset (vit_tiny 192, vit_small 384, vit_base 768); pass --arch"
+        )));
+    };
+    if cfg.embed_dim != d || cfg.depth != depth {
+        return Err(bad(format!(
+            "--arch {} means embed_dim {} and depth {}, but the weights have embed_dim {d} and depth {depth}",
+            cfg.arch, cfg.embed_dim, cfg.depth
+        )));
+    }
+    if let Some(want) = opts.patch_size
+        && want != p
+    {
+        return Err(bad(format!(
+            "--patch-size {want} given, but the weights have patch size {p}"
+        )));
+    }
+    cfg.img_size = grid * p;
+    cfg.in_chans = in_chans;
+    cfg.mlp_ratio = fc1[0] as f64 / d as f64;
+    cfg.qkv_bias = t.contains_key("blocks.0.attn.qkv.bias");
+    cfg.validate().map_err(|e: CoreError| bad(e.to_string()))?;
+    Ok(cfg)
+}

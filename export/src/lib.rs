@@ -1,0 +1,200 @@
+//! dino-export: a DINO ViT teacher backbone to a self-describing ONNX file.
+//!
+//! Pure Rust end to end: the weights come from safetensors (or a PyTorch `.pth` read by a
+//! small pickle VM), the graph is built node by node, and the ONNX protobuf is encoded
+//! with prost from hand-derived messages. Neither libtorch, Python nor protoc is needed.
+
+pub mod error;
+pub mod import;
+pub mod load;
+pub mod meta;
+pub mod onnx;
+pub mod pth;
+pub mod vit;
+
+use std::path::Path;
+
+use prost::Message;
+
+use dino_core::onnx_meta::fingerprint;
+use dino_core::st::write_bytes_atomic;
+
+pub use error::ExportError;
+use load::Backbone;
+use onnx::graph::Float;
+use onnx::proto::{ModelProto, OperatorSetIdProto};
+pub use vit::Outputs;
+
+/// Weight precision of the exported model. Inputs and outputs are float32 either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    Fp16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// Input side in pixels; the checkpoint's native size when absent.
+    pub img_size: Option<usize>,
+    pub outputs: Outputs,
+    pub opset: i64,
+    pub precision: Precision,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            img_size: None,
+            outputs: Outputs::default(),
+            opset: onnx::DEFAULT_OPSET,
+            precision: Precision::Fp32,
+        }
+    }
+}
+
+/// What was written, for the final report line.
+#[derive(Clone, Debug)]
+pub struct ExportSummary {
+    pub arch: String,
+    pub patch_size: usize,
+    pub input_size: usize,
+    pub nodes: usize,
+    pub bytes: usize,
+    pub fingerprint: String,
+    pub outputs: Vec<&'static str>,
+}
+
+/// Reads `checkpoint` and writes the ONNX model to `to` (atomically).
+pub fn export(
+    checkpoint: &Path,
+    to: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportSummary, ExportError> {
+    check_destination(to)?;
+    let backbone = load::load_backbone(checkpoint)?;
+    export_backbone(&backbone, to, opts)
+}
+
+/// Fails early (before any heavy work) when `to` cannot be written: the folder must
+/// exist and accept a new file (probed with a temporary one).
+pub fn check_destination(to: &Path) -> Result<(), ExportError> {
+    let dir = match to.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let fail = |source: std::io::Error| ExportError::Write {
+        path: to.to_path_buf(),
+        source,
+    };
+    if to.is_dir() {
+        return Err(fail(std::io::Error::other("it is a folder")));
+    }
+    if !dir.is_dir() {
+        return Err(fail(std::io::Error::other("its folder does not exist")));
+    }
+    let probe = dir.join(format!(".dino-export-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(fail)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+pub fn export_backbone(
+    b: &Backbone,
+    to: &Path,
+    opts: &ExportOptions,
+) -> Result<ExportSummary, ExportError> {
+    let vit = &b.vit;
+    let img_size = opts.img_size.unwrap_or(vit.img_size);
+    if img_size == 0 || !img_size.is_multiple_of(vit.patch_size) {
+        return Err(ExportError::Options(format!(
+            "--img-size {img_size} must be a positive multiple of the patch size {}",
+            vit.patch_size
+        )));
+    }
+    if !(onnx::MIN_OPSET..=onnx::MAX_OPSET).contains(&opts.opset) {
+        return Err(ExportError::Options(format!(
+            "--opset {} is not supported (choose {} to {})",
+            opts.opset,
+            onnx::MIN_OPSET,
+            onnx::MAX_OPSET
+        )));
+    }
+    let float = match opts.precision {
+        Precision::Fp32 => Float::F32,
+        Precision::Fp16 => Float::F16,
+    };
+    let gopts = vit::GraphOptions {
+        img_size,
+        outputs: opts.outputs,
+        opset: opts.opset,
+        float,
+    };
+    let weights = vit::Weights {
+        path: &b.path,
+        tensors: &b.tensors,
+    };
+    let graph = vit::build(vit, &weights, &gopts)?;
+    let nodes = graph.node_count();
+    let fp = fingerprint(
+        b.tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.data.as_slice())),
+    );
+    let eval = meta::eval_for(b.eval.as_ref(), img_size);
+    let outputs = opts.outputs.names();
+    let model = ModelProto {
+        ir_version: onnx::ir_version_for(opts.opset),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opts.opset,
+        }],
+        producer_name: "dino-rs".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: String::new(),
+        model_version: 1,
+        doc_string: format!(
+            "DINO {} /{} backbone at {img_size}px ({}); input `image` float32 [batch, {}, {img_size}, {img_size}] normalised with mean/std",
+            vit.arch,
+            vit.patch_size,
+            opts.precision.name(),
+            vit.in_chans
+        ),
+        graph: Some(graph.into_proto("dino_vit")),
+        metadata_props: meta::props(&meta::ModelMeta {
+            vit,
+            eval: &eval,
+            fingerprint: &fp,
+            outputs: &outputs,
+            precision: opts.precision.name(),
+        }),
+    };
+    let len = model.encoded_len();
+    if len >= i32::MAX as usize {
+        return Err(ExportError::Options(format!(
+            "the model would be {len} bytes, over protobuf's 2 GiB limit"
+        )));
+    }
+    let bytes = model.encode_to_vec();
+    write_bytes_atomic(to, &bytes).map_err(|e| match e {
+        dino_core::CoreError::Io { path, source } => ExportError::Write { path, source },
+        other => other.into(),
+    })?;
+    Ok(ExportSummary {
+        arch: vit.arch.clone(),
+        patch_size: vit.patch_size,
+        input_size: img_size,
+        nodes,
+        bytes: bytes.len(),
+        fingerprint: fp,
+        outputs,
+    })
+}

@@ -1,0 +1,217 @@
+//! Reading PyTorch `.pth` files (the zip format `torch.save` has written since 1.6)
+//! without Python or libtorch: `<archive>/data.pkl` is run by a small pickle VM and each
+//! tensor's bytes are read from `<archive>/data/<key>`.
+
+pub mod pickle;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use dino_core::st::RawTensor;
+use safetensors::tensor::Dtype;
+
+use crate::error::ExportError;
+use pickle::{TensorRef, Value};
+
+/// The legacy (pre-1.6, non-zip) `torch.save` stream starts with this pickled magic number.
+const LEGACY_MAGIC: [u8; 4] = [0x80, 0x02, 0x8a, 0x0a];
+
+pub fn is_zip(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04")
+}
+
+pub fn is_legacy_torch(head: &[u8]) -> bool {
+    head.starts_with(&LEGACY_MAGIC)
+}
+
+/// An opened `.pth` archive: the unpickled object and lazy access to tensor bytes.
+pub struct PthFile {
+    pub path: PathBuf,
+    pub root: Value,
+    archive: zip::ZipArchive<std::fs::File>,
+    prefix: String,
+    storages: HashMap<String, Vec<u8>>,
+}
+
+impl PthFile {
+    pub fn open(path: &Path) -> Result<Self, ExportError> {
+        let err = |why: String| ExportError::pth(path, why);
+        let file = std::fs::File::open(path)
+            .map_err(|e| ExportError::Core(dino_core::CoreError::io(path, e)))?;
+        let mut archive =
+            zip::ZipArchive::new(file).map_err(|e| err(format!("not a zip archive: {e}")))?;
+        let pkl = archive
+            .file_names()
+            .find(|n| n.ends_with("data.pkl") && n.matches('/').count() <= 1)
+            .map(str::to_string)
+            .ok_or_else(|| err("no data.pkl inside: not a torch.save file".into()))?;
+        let prefix = pkl.trim_end_matches("data.pkl").to_string();
+        if let Ok(mut f) = archive.by_name(&format!("{prefix}byteorder")) {
+            let mut s = String::new();
+            f.read_to_string(&mut s).map_err(|e| err(e.to_string()))?;
+            if s.trim() != "little" {
+                return Err(err(format!("byte order `{}` is not supported", s.trim())));
+            }
+        }
+        let data = read_entry(&mut archive, &pkl).map_err(err)?;
+        let root = pickle::load(&data).map_err(|e| err(format!("{pkl}: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            root,
+            archive,
+            prefix,
+            storages: HashMap::new(),
+        })
+    }
+
+    /// Copies a tensor's elements out of its storage into a contiguous little-endian buffer.
+    pub fn tensor(&mut self, name: &str, t: &TensorRef) -> Result<RawTensor, ExportError> {
+        let err = |why: String| ExportError::pth(&self.path, format!("tensor `{name}`: {why}"));
+        let (dtype, size) = storage_dtype(&t.storage.kind)
+            .ok_or_else(|| err(format!("unsupported storage type {}", t.storage.kind)))?;
+        if !self.storages.contains_key(&t.storage.key) {
+            let entry = format!("{}data/{}", self.prefix, t.storage.key);
+            let bytes = read_entry(&mut self.archive, &entry).map_err(err)?;
+            self.storages.insert(t.storage.key.clone(), bytes);
+        }
+        let storage = &self.storages[&t.storage.key];
+        let numel: usize = t.shape.iter().product();
+        // Largest element index touched, to bound-check once.
+        let last = t.offset
+            + t.shape
+                .iter()
+                .zip(&t.stride)
+                .map(|(n, s)| n.saturating_sub(1) * s)
+                .sum::<usize>();
+        if numel > 0 && (last + 1) * size > storage.len() {
+            return Err(err(format!(
+                "view (offset {}, shape {:?}, stride {:?}) exceeds its storage of {} bytes",
+                t.offset,
+                t.shape,
+                t.stride,
+                storage.len()
+            )));
+        }
+        let mut data = Vec::with_capacity(numel * size);
+        if is_contiguous(&t.shape, &t.stride) {
+            data.extend_from_slice(&storage[t.offset * size..(t.offset + numel) * size]);
+        } else {
+            let mut idx = vec![0usize; t.shape.len()];
+            for _ in 0..numel {
+                let e = t.offset + idx.iter().zip(&t.stride).map(|(i, s)| i * s).sum::<usize>();
+                data.extend_from_slice(&storage[e * size..(e + 1) * size]);
+                for ax in (0..idx.len()).rev() {
+                    idx[ax] += 1;
+                    if idx[ax] < t.shape[ax] {
+                        break;
+                    }
+                    idx[ax] = 0;
+                }
+            }
+        }
+        Ok(RawTensor {
+            dtype,
+            shape: t.shape.clone(),
+            data,
+        })
+    }
+}
+
+fn read_entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec<u8>, String> {
+    let mut f = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+    let mut v = Vec::with_capacity(f.size() as usize);
+    f.read_to_end(&mut v).map_err(|e| format!("{name}: {e}"))?;
+    Ok(v)
+}
+
+fn is_contiguous(shape: &[usize], stride: &[usize]) -> bool {
+    let mut expect = 1;
+    for (&n, &s) in shape.iter().zip(stride).rev() {
+        if n != 1 && s != expect {
+            return false;
+        }
+        expect *= n;
+    }
+    true
+}
+
+fn storage_dtype(kind: &str) -> Option<(Dtype, usize)> {
+    Some(match kind {
+        "FloatStorage" => (Dtype::F32, 4),
+        "DoubleStorage" => (Dtype::F64, 8),
+        "HalfStorage" => (Dtype::F16, 2),
+        "BFloat16Storage" => (Dtype::BF16, 2),
+        "LongStorage" => (Dtype::I64, 8),
+        "IntStorage" => (Dtype::I32, 4),
+        "ShortStorage" => (Dtype::I16, 2),
+        "CharStorage" => (Dtype::I8, 1),
+        "ByteStorage" => (Dtype::U8, 1),
+        "BoolStorage" => (Dtype::BOOL, 1),
+        _ => return None,
+    })
+}
+
+/// Every tensor reachable through (nested) dicts from `v`, keyed by dotted path.
+pub fn tensors_in(v: &Value) -> BTreeMap<String, TensorRef> {
+    let mut out = BTreeMap::new();
+    collect(v, "", &mut out);
+    out
+}
+
+fn collect(v: &Value, prefix: &str, out: &mut BTreeMap<String, TensorRef>) {
+    match v {
+        Value::Tensor(t) => {
+            out.insert(prefix.to_string(), (**t).clone());
+        }
+        Value::Dict(d) => {
+            for (k, v) in d.borrow().iter() {
+                if let Some(k) = k.as_str() {
+                    let key = if prefix.is_empty() {
+                        k.to_string()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    collect(v, &key, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The entry `key` of a top-level dict, if the file holds a dict with it.
+pub fn dict_entry(v: &Value, key: &str) -> Option<Value> {
+    match v {
+        Value::Dict(d) => d
+            .borrow()
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    }
+}
+
+/// The string keys of a top-level dict (for error messages).
+pub fn dict_keys(v: &Value) -> Vec<String> {
+    match v {
+        Value::Dict(d) => d
+            .borrow()
+            .iter()
+            .filter_map(|(k, _)| k.as_str().map(str::to_string))
+            .collect(),
+        _ => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contiguity_ignores_unit_dims() {
+        assert!(is_contiguous(&[2, 3], &[3, 1]));
+        assert!(is_contiguous(&[1, 1, 4], &[9, 7, 1]));
+        assert!(!is_contiguous(&[3, 2], &[1, 3]));
+    }
+}

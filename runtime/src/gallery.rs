@@ -1,0 +1,276 @@
+//! The `.dgal` gallery: labelled, L2-normalised embeddings of one model.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! offset  size          field
+//! 0       4             magic "DGAL"
+//! 4       4             u32 format version (1)
+//! 8       8             u64 length H of the JSON header
+//! 16      H             JSON header {"fingerprint", "model", "dim", "rows", "classes"}
+//! ..      4 * rows      u32 label per row (index into "classes")
+//! ..      4 * rows*dim  f32 embeddings, row-major, each row of unit L2 norm
+//! end-4   4             u32 CRC-32 (IEEE) of every byte before it
+//! ```
+//!
+//! The fingerprint is the model's `dino_rs.fingerprint`: a gallery is only used with the
+//! weights that produced it.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+use dino_core::knn;
+use serde::{Deserialize, Serialize};
+
+use crate::error::RuntimeError;
+
+pub const MAGIC: &[u8; 4] = b"DGAL";
+pub const VERSION: u32 = 1;
+/// Upper bound on the JSON header, so a damaged length cannot allocate gigabytes.
+const MAX_HEADER: u64 = 64 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GalleryHeader {
+    pub fingerprint: String,
+    /// File name of the model that built the gallery (informative).
+    pub model: String,
+    pub dim: usize,
+    pub rows: usize,
+    pub classes: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Gallery {
+    pub header: GalleryHeader,
+    pub labels: Vec<usize>,
+    pub features: Vec<f32>,
+}
+
+/// A writer/reader that keeps a running CRC-32 of what passes through.
+struct Crc<T> {
+    inner: T,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Crc<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Gallery {
+    /// A gallery from embeddings (normalised here) and labels; checks the shapes.
+    pub fn new(
+        header: GalleryHeader,
+        labels: Vec<usize>,
+        mut features: Vec<f32>,
+    ) -> Result<Self, RuntimeError> {
+        knn::Gallery::new(&features, &labels, header.dim, header.classes.len())?;
+        knn::l2_normalize_rows(&mut features, header.dim);
+        Ok(Self {
+            header: GalleryHeader {
+                rows: labels.len(),
+                ..header
+            },
+            labels,
+            features,
+        })
+    }
+
+    /// The k-NN view of this gallery.
+    pub fn knn(&self) -> knn::Gallery<'_> {
+        knn::Gallery {
+            features: &self.features,
+            labels: &self.labels,
+            dim: self.header.dim,
+            num_classes: self.header.classes.len(),
+        }
+    }
+
+    /// Refuses a gallery built with other weights.
+    pub fn check_fingerprint(
+        &self,
+        path: &Path,
+        model_fingerprint: &str,
+    ) -> Result<(), RuntimeError> {
+        if self.header.fingerprint != model_fingerprint {
+            return Err(RuntimeError::GalleryMismatch {
+                path: path.to_path_buf(),
+                gallery: self.header.fingerprint.clone(),
+                model: model_fingerprint.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, path: &Path) -> Result<(), RuntimeError> {
+        let io = |e| RuntimeError::io(path, e);
+        let header = serde_json::to_vec(&self.header).map_err(|e| RuntimeError::BadGallery {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        let mut w = Crc {
+            inner: BufWriter::new(File::create(path).map_err(io)?),
+            crc: crc32fast::Hasher::new(),
+        };
+        w.write_all(MAGIC).map_err(io)?;
+        w.write_all(&VERSION.to_le_bytes()).map_err(io)?;
+        w.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(&header).map_err(io)?;
+        let labels: Vec<u8> = self
+            .labels
+            .iter()
+            .flat_map(|&l| (l as u32).to_le_bytes())
+            .collect();
+        w.write_all(&labels).map_err(io)?;
+        for chunk in self.features.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            w.write_all(&bytes).map_err(io)?;
+        }
+        let crc = w.crc.clone().finalize();
+        let mut inner = w.inner;
+        inner.write_all(&crc.to_le_bytes()).map_err(io)?;
+        inner.flush().map_err(io)
+    }
+
+    pub fn read(path: &Path) -> Result<Self, RuntimeError> {
+        let bad = |why: String| RuntimeError::BadGallery {
+            path: path.to_path_buf(),
+            why,
+        };
+        let file = File::open(path).map_err(|e| RuntimeError::io(path, e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| RuntimeError::io(path, e))?
+            .len();
+        let mut r = Crc {
+            inner: BufReader::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+        };
+        let truncated = |e: std::io::Error| bad(format!("truncated or unreadable ({e})"));
+        let mut fixed = [0u8; 16];
+        r.read_exact(&mut fixed).map_err(truncated)?;
+        if &fixed[..4] != MAGIC {
+            return Err(bad("wrong magic bytes (not a .dgal file)".into()));
+        }
+        let version = u32::from_le_bytes(fixed[4..8].try_into().expect("4 bytes"));
+        if version != VERSION {
+            return Err(bad(format!(
+                "format version {version}, this dino-run reads version {VERSION}"
+            )));
+        }
+        let hlen = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
+        if hlen > MAX_HEADER || 16 + hlen + 4 > file_len {
+            return Err(bad(format!("header length {hlen} does not fit the file")));
+        }
+        let mut hbytes = vec![0u8; hlen as usize];
+        r.read_exact(&mut hbytes).map_err(truncated)?;
+        let header: GalleryHeader =
+            serde_json::from_slice(&hbytes).map_err(|e| bad(format!("header: {e}")))?;
+        let expected = 16u64
+            .checked_add(hlen)
+            .and_then(|v| v.checked_add(4 * header.rows as u64))
+            .and_then(|v| v.checked_add(4 * (header.rows as u64).checked_mul(header.dim as u64)?))
+            .and_then(|v| v.checked_add(4));
+        if expected != Some(file_len) {
+            return Err(bad(format!(
+                "{} rows of dimension {} need {} bytes, the file has {file_len} (truncated?)",
+                header.rows,
+                header.dim,
+                expected.map_or("too many".into(), |v| v.to_string())
+            )));
+        }
+        let mut labels = vec![0u32; header.rows];
+        r.read_exact(bytemuck::cast_slice_mut(&mut labels))
+            .map_err(truncated)?;
+        let mut features = vec![0f32; header.rows * header.dim];
+        r.read_exact(bytemuck::cast_slice_mut(&mut features))
+            .map_err(truncated)?;
+        let computed = r.crc.clone().finalize();
+        let mut stored = [0u8; 4];
+        r.inner.read_exact(&mut stored).map_err(truncated)?;
+        if u32::from_le_bytes(stored) != computed {
+            return Err(bad("checksum mismatch: the file is corrupt".into()));
+        }
+        if cfg!(target_endian = "big") {
+            labels.iter_mut().for_each(|v| *v = u32::from_le(*v));
+            features
+                .iter_mut()
+                .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+        }
+        let labels: Vec<usize> = labels.into_iter().map(|l| l as usize).collect();
+        knn::Gallery::new(&features, &labels, header.dim, header.classes.len())
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            header,
+            labels,
+            features,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Gallery {
+        let header = GalleryHeader {
+            fingerprint: "abc".into(),
+            model: "m.onnx".into(),
+            dim: 2,
+            rows: 0,
+            classes: vec!["cat".into(), "dog".into()],
+        };
+        Gallery::new(header, vec![0, 1, 1], vec![3.0, 4.0, 0.0, 2.0, 1.0, 1.0]).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_corruption() {
+        let dir = std::env::temp_dir().join(format!("dgal-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("g.dgal");
+        let g = sample();
+        assert_eq!(g.header.rows, 3);
+        assert_eq!(&g.features[..2], &[0.6, 0.8]);
+        g.write(&p).unwrap();
+        let back = Gallery::read(&p).unwrap();
+        assert_eq!(back.header, g.header);
+        assert_eq!(back.labels, g.labels);
+        assert_eq!(back.features, g.features);
+        assert!(back.check_fingerprint(&p, "abc").is_ok());
+        assert!(matches!(
+            back.check_fingerprint(&p, "xyz"),
+            Err(RuntimeError::GalleryMismatch { .. })
+        ));
+
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 10] ^= 0x40;
+        std::fs::write(&p, &bytes).unwrap();
+        let e = Gallery::read(&p).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        std::fs::write(&p, &bytes[..n - 3]).unwrap();
+        let e = Gallery::read(&p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        std::fs::write(&p, b"hello world, not a gallery").unwrap();
+        let e = Gallery::read(&p).unwrap_err().to_string();
+        assert!(e.contains("magic"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,234 @@
+//! An exported DINO model: its self-description (`metadata_props`) and batched inference.
+
+use std::path::{Path, PathBuf};
+
+use dino_core::onnx_meta as meta;
+use dino_core::{EvalTransform, VitConfig};
+use half::f16;
+use ort::environment::Environment;
+use ort::session::{OutputSelector, RunOptions, Session};
+use ort::value::{Tensor, TensorElementType, ValueType};
+
+use crate::error::RuntimeError;
+use crate::session::{SessionOptions, create_session};
+
+/// What a model says about itself.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub vit: VitConfig,
+    pub eval: EvalTransform,
+    pub fingerprint: String,
+    pub version: Option<String>,
+    /// The graph's outputs, in order.
+    pub outputs: Vec<String>,
+    /// The graph takes and returns float16 (else float32).
+    pub half_io: bool,
+}
+
+impl ModelInfo {
+    pub fn has_output(&self, name: &str) -> bool {
+        self.outputs.iter().any(|o| o == name)
+    }
+
+    /// An error naming the model and what it has unless it has output `name`.
+    pub fn require_output(&self, name: &str) -> Result<(), RuntimeError> {
+        if self.has_output(name) {
+            return Ok(());
+        }
+        Err(RuntimeError::MissingOutput {
+            path: self.path.clone(),
+            name: name.to_string(),
+            available: self.outputs.join(", "),
+            hint: if name == meta::OUTPUT_ATTENTION {
+                "; export it with the attention output (dino-export --attention)"
+            } else {
+                ""
+            },
+        })
+    }
+
+    /// Values per input image.
+    pub fn image_len(&self) -> usize {
+        dino_core::preprocess::image_len(&self.eval)
+    }
+}
+
+/// One output of a batch: shape and f32 values.
+#[derive(Clone, Debug)]
+pub struct OutputTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// A loaded model ready for batched inference.
+pub struct Model {
+    session: Session,
+    pub info: ModelInfo,
+}
+
+fn describe(t: &ValueType) -> String {
+    t.to_string()
+}
+
+impl Model {
+    /// Loads `path`, reads and checks its metadata and signature.
+    pub fn open(
+        env: &Environment,
+        path: &Path,
+        opts: &SessionOptions,
+    ) -> Result<Self, RuntimeError> {
+        if !path.is_file() {
+            return Err(RuntimeError::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "model file not found"),
+            ));
+        }
+        let session = create_session(env, path, opts)?;
+        let info = read_info(&session, path)?;
+        Ok(Self { session, info })
+    }
+
+    /// Runs `n` preprocessed images (`n * image_len` values) and returns the requested
+    /// outputs in the order asked.
+    pub fn run(
+        &mut self,
+        batch: &[f32],
+        n: usize,
+        outputs: &[&str],
+    ) -> Result<Vec<OutputTensor>, RuntimeError> {
+        let s = self.info.eval.crop_size;
+        assert_eq!(batch.len(), n * self.info.image_len(), "batch buffer size");
+        for o in outputs {
+            self.info.require_output(o)?;
+        }
+        let path = self.info.path.clone();
+        let mut selector = OutputSelector::no_default();
+        for o in outputs {
+            selector = selector.with(*o);
+        }
+        let opts = RunOptions::new()
+            .map_err(RuntimeError::ctx(&path, "creating run options"))?
+            .with_outputs(selector);
+        let shape = [n, 3, s, s];
+        let result = if self.info.half_io {
+            let h: Vec<f16> = batch.iter().map(|&v| f16::from_f32(v)).collect();
+            let t = Tensor::from_array((shape, h))
+                .map_err(RuntimeError::ctx(&path, "creating the input tensor"))?;
+            self.session
+                .run_with_options(ort::inputs![meta::INPUT_IMAGE => t], &opts)
+        } else {
+            let t = ort::value::TensorRef::from_array_view((shape, batch))
+                .map_err(RuntimeError::ctx(&path, "creating the input tensor"))?;
+            self.session
+                .run_with_options(ort::inputs![meta::INPUT_IMAGE => t], &opts)
+        }
+        .map_err(RuntimeError::ctx(&path, "running the model"))?;
+        let mut out = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            let v = result.get(*o).ok_or_else(|| RuntimeError::Ort {
+                path: self.info.path.clone(),
+                context: "reading outputs",
+                why: format!("output `{o}` was not returned"),
+            })?;
+            let (shape, data) = if self.info.half_io {
+                let (sh, d) = v
+                    .try_extract_tensor::<f16>()
+                    .map_err(RuntimeError::ctx(&path, "reading a float16 output"))?;
+                (sh.to_vec(), d.iter().map(|x| x.to_f32()).collect())
+            } else {
+                let (sh, d) = v
+                    .try_extract_tensor::<f32>()
+                    .map_err(RuntimeError::ctx(&path, "reading an output"))?;
+                (sh.to_vec(), d.to_vec())
+            };
+            out.push(OutputTensor {
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn read_info(session: &Session, path: &Path) -> Result<ModelInfo, RuntimeError> {
+    let md = session
+        .metadata()
+        .map_err(|e| RuntimeError::ort(path, "reading metadata_props", e))?;
+    let get = |key: &str| {
+        md.custom(key).ok_or_else(|| RuntimeError::MissingMetadata {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+        })
+    };
+    let bad = |key: &str, why: String| RuntimeError::BadMetadata {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        why,
+    };
+    let vit: VitConfig = serde_json::from_str(&get(meta::META_VIT)?)
+        .map_err(|e| bad(meta::META_VIT, e.to_string()))?;
+    let eval: EvalTransform = serde_json::from_str(&get(meta::META_EVAL)?)
+        .map_err(|e| bad(meta::META_EVAL, e.to_string()))?;
+    vit.validate()
+        .map_err(|e| bad(meta::META_VIT, e.to_string()))?;
+    dino_core::preprocess::validate(&eval).map_err(|e| bad(meta::META_EVAL, e.to_string()))?;
+    let fingerprint = get(meta::META_FINGERPRINT)?;
+    if fingerprint.is_empty() {
+        return Err(bad(meta::META_FINGERPRINT, "empty".into()));
+    }
+    let version = md.custom(meta::META_VERSION);
+
+    let inputs = session.inputs();
+    let input = inputs
+        .iter()
+        .find(|i| i.name() == meta::INPUT_IMAGE)
+        .ok_or_else(|| RuntimeError::BadSignature {
+            path: path.to_path_buf(),
+            name: "input".into(),
+            found: inputs
+                .iter()
+                .map(|i| i.name().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            expected: format!("an input named `{}`", meta::INPUT_IMAGE),
+        })?;
+    let half_io = match input.dtype() {
+        ValueType::Tensor { ty, shape, .. } if shape.len() == 4 => match ty {
+            TensorElementType::Float32 => false,
+            TensorElementType::Float16 => true,
+            _ => {
+                return Err(RuntimeError::BadSignature {
+                    path: path.to_path_buf(),
+                    name: meta::INPUT_IMAGE.into(),
+                    found: describe(input.dtype()),
+                    expected: "a float32 or float16 tensor [batch, 3, H, W]".into(),
+                });
+            }
+        },
+        other => {
+            return Err(RuntimeError::BadSignature {
+                path: path.to_path_buf(),
+                name: meta::INPUT_IMAGE.into(),
+                found: describe(other),
+                expected: "a float32 or float16 tensor [batch, 3, H, W]".into(),
+            });
+        }
+    };
+    let outputs: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let info = ModelInfo {
+        path: path.to_path_buf(),
+        vit,
+        eval,
+        fingerprint,
+        version,
+        outputs,
+        half_io,
+    };
+    info.require_output(meta::OUTPUT_EMBEDDING)?;
+    Ok(info)
+}

@@ -1,0 +1,122 @@
+//! Batched embedding of image files: decoding and preprocessing of the next batch (in
+//! parallel, on a producer thread) overlap with inference of the current one.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+
+use dino_core::image_io::load_rgb;
+use dino_core::knn::l2_normalize_rows;
+use dino_core::onnx_meta::OUTPUT_EMBEDDING;
+use dino_core::preprocess::eval_transform_into;
+use rayon::prelude::*;
+
+use crate::error::RuntimeError;
+use crate::model::Model;
+
+/// One preprocessed batch: the indices of the images it holds, their tensors, and the
+/// images of this chunk that could not be read.
+struct Batch {
+    indices: Vec<usize>,
+    data: Vec<f32>,
+    failed: Vec<(usize, RuntimeError)>,
+}
+
+/// Embedding options.
+#[derive(Clone, Copy, Debug)]
+pub struct EmbedOptions {
+    pub batch_size: usize,
+    /// L2-normalise the embeddings (the default of `dino-run embed`).
+    pub normalize: bool,
+}
+
+fn produce(
+    paths: &[PathBuf],
+    len: usize,
+    batch_size: usize,
+    eval: &dino_core::EvalTransform,
+    tx: SyncSender<Batch>,
+    recycled: Receiver<Vec<f32>>,
+) {
+    for (c, chunk) in paths.chunks(batch_size).enumerate() {
+        let base = c * batch_size;
+        let mut data = recycled.try_recv().unwrap_or_default();
+        data.resize(chunk.len() * len, 0.0);
+        // Decode and transform each image in one step, so only one decoded image per
+        // thread is alive at a time.
+        let status: Vec<Option<RuntimeError>> = data
+            .par_chunks_mut(len)
+            .zip(chunk.par_iter())
+            .map(|(o, p)| {
+                load_rgb(p)
+                    .map(|img| eval_transform_into(&img, eval, o))
+                    .err()
+                    .map(Into::into)
+            })
+            .collect();
+        let mut indices = Vec::with_capacity(chunk.len());
+        let mut failed = Vec::new();
+        for (i, st) in status.into_iter().enumerate() {
+            match st {
+                None => {
+                    // Compact: move the tensor down over the slots of failed images.
+                    let dst = indices.len();
+                    if dst != i {
+                        data.copy_within(i * len..(i + 1) * len, dst * len);
+                    }
+                    indices.push(base + i);
+                }
+                Some(e) => failed.push((base + i, e)),
+            }
+        }
+        data.truncate(indices.len() * len);
+        if tx
+            .send(Batch {
+                indices,
+                data,
+                failed,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Embeds `paths` in batches. `sink` receives, for every image in order of completion,
+/// its index in `paths` and its embedding or the error that stopped it; a failing image
+/// does not stop the others. Errors of the model itself end the run.
+pub fn embed_paths(
+    model: &mut Model,
+    paths: &[PathBuf],
+    opts: EmbedOptions,
+    mut sink: impl FnMut(usize, Result<Vec<f32>, RuntimeError>),
+) -> Result<(), RuntimeError> {
+    let len = model.info.image_len();
+    let eval = model.info.eval.clone();
+    let batch_size = opts.batch_size.max(1);
+    std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<Batch>(1);
+        let (back_tx, back_rx) = sync_channel::<Vec<f32>>(2);
+        scope.spawn(move || produce(paths, len, batch_size, &eval, tx, back_rx));
+        for batch in rx {
+            for (i, e) in batch.failed {
+                sink(i, Err(e));
+            }
+            let n = batch.indices.len();
+            if n > 0 {
+                let out = model.run(&batch.data, n, &[OUTPUT_EMBEDDING])?;
+                let emb = &out[0];
+                let dim = emb.data.len() / n;
+                let mut v = emb.data.clone();
+                if opts.normalize {
+                    l2_normalize_rows(&mut v, dim);
+                }
+                for (row, &i) in v.chunks_exact(dim).zip(&batch.indices) {
+                    sink(i, Ok(row.to_vec()));
+                }
+            }
+            let _ = back_tx.try_send(batch.data);
+        }
+        Ok(())
+    })
+}

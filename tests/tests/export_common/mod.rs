@@ -1,0 +1,145 @@
+//! Plumbing shared by the `export_*` tests: fixtures from `tests/python/export_ref.py`,
+//! the built `dino-export` binary, and the float32 files the reference writes.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dino_tests::{bin, data_dir, run_python};
+
+pub const REF: &str = "export_ref.py";
+
+pub fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// Seeded official-key weights with dino-rs metadata, at `img` pixels.
+pub fn weights(dir: &Path, arch: &str, patch: usize, img: usize, extra: &[&str]) -> PathBuf {
+    let out = dir.join(format!("{arch}-p{patch}-{img}.safetensors"));
+    let (p, i) = (patch.to_string(), img.to_string());
+    let mut args = vec![
+        "weights",
+        "--arch",
+        arch,
+        "--patch",
+        &p,
+        "--img-size",
+        &i,
+        "--seed",
+        "1",
+    ];
+    let o = s(&out);
+    args.extend(["--out", &o]);
+    args.extend(extra);
+    run_python(REF, &args);
+    out
+}
+
+/// Runs `dino-export` with `args`; returns the output whatever the exit status.
+pub fn dino_export(args: &[&str]) -> Output {
+    Command::new(bin("dino-export"))
+        .args(args)
+        .output()
+        .expect("run dino-export")
+}
+
+/// Runs `dino-export` and panics with its output unless it succeeds.
+pub fn export_ok(args: &[&str]) -> String {
+    let o = dino_export(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "dino-export {args:?} failed:\n{text}");
+    text
+}
+
+/// Runs `dino-export`, expects failure, returns stderr.
+pub fn export_err(args: &[&str]) -> String {
+    let o = dino_export(args);
+    assert!(
+        !o.status.success(),
+        "dino-export {args:?} should have failed:\n{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The real photos (RGB, grayscale, RGBA; PNG and JPEG).
+pub fn photos() -> PathBuf {
+    data_dir().join("photos")
+}
+
+/// Outputs of one `compare` run: reference and ONNX Runtime values by output name.
+pub struct Compared {
+    dir: PathBuf,
+    manifest: serde_json::Value,
+}
+
+impl Compared {
+    pub fn has(&self, name: &str) -> bool {
+        self.manifest.get(name).is_some()
+    }
+
+    pub fn shape(&self, name: &str) -> Vec<usize> {
+        self.manifest[name]["shape"]
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|v| v.as_u64().expect("dim") as usize)
+            .collect()
+    }
+
+    /// `tag` is `ref`, `ort` or `ort_fp16`.
+    pub fn values(&self, name: &str, tag: &str) -> Vec<f32> {
+        let file = self.manifest[name][tag]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {tag} values for {name}"));
+        let bytes = std::fs::read(self.dir.join(file)).expect("read values");
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    }
+
+    pub fn batch(&self) -> usize {
+        self.manifest["batch"].as_u64().expect("batch") as usize
+    }
+}
+
+/// Runs the PyTorch reference and ONNX Runtime on the photos at `size` pixels.
+pub fn compare(
+    dir: &Path,
+    weights: &Path,
+    onnx: &Path,
+    fp16: Option<&Path>,
+    size: usize,
+    tag: &str,
+) -> Compared {
+    let out = dir.join(format!("cmp-{tag}"));
+    let sz = size.to_string();
+    let (w, m, o, i) = (s(weights), s(onnx), s(&out), s(&photos()));
+    let mut args = vec![
+        "compare",
+        "--weights",
+        &w,
+        "--onnx",
+        &m,
+        "--images",
+        &i,
+        "--img-size",
+        &sz,
+        "--out",
+        &o,
+    ];
+    let f16 = fp16.map(s);
+    if let Some(f) = &f16 {
+        args.extend(["--onnx-fp16", f]);
+    }
+    run_python(REF, &args);
+    let manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap())
+        .expect("manifest");
+    Compared { dir: out, manifest }
+}

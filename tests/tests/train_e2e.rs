@@ -1,0 +1,211 @@
+//! `dino-train` driven as a user would: exact resume, skipped corrupt files, a NaN stop
+//! that keeps the last good checkpoint, and clear errors for bad configurations.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dino_core::st::StFile;
+use dino_tests::{bin, data_dir, scratch};
+
+/// A tiny model and crop setup that trains in seconds on 2 CPU cores.
+const TINY: &str = r#"
+arch = "custom"
+patch_size = 4
+embed_dim = 32
+depth = 1
+num_heads = 2
+img_size = 32
+out_dim = 256
+head_hidden_dim = 64
+head_bottleneck_dim = 32
+global_crop_size = 32
+local_crop_size = 16
+local_crops_number = 2
+batch_size = 16
+epochs = 2
+warmup_epochs = 1
+num_workers = 2
+log_freq = 1
+mean = [0.4914, 0.4822, 0.4465]
+std = [0.2470, 0.2435, 0.2616]
+"#;
+
+/// `per_class` images of each CIFAR class copied into a fresh ImageFolder.
+fn cifar_subset(dir: &Path, per_class: usize) -> PathBuf {
+    let src = data_dir().join("cifar10-mini/train");
+    let dst = dir.join("images");
+    let mut classes: Vec<_> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    classes.sort();
+    for class in classes {
+        let out = dst.join(class.file_name().unwrap());
+        std::fs::create_dir_all(&out).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(&class)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.into_iter().take(per_class) {
+            std::fs::copy(&f, out.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    dst
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny.toml");
+    std::fs::write(&p, TINY).unwrap();
+    p
+}
+
+fn train(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    Command::new(bin("dino-train"))
+        .args(["train", "--quiet", "--config"])
+        .arg(config)
+        .arg("--data_path")
+        .arg(data)
+        .arg("--output_dir")
+        .arg(out)
+        .args(extra)
+        .output()
+        .expect("run dino-train")
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "dino-train failed:\n{err}");
+    err
+}
+
+#[test]
+fn resume_gives_the_same_teacher_as_an_uninterrupted_run() {
+    let dir = scratch("resume");
+    let data = cifar_subset(&dir, 6);
+    let cfg = write_config(&dir);
+    ok(&train(&cfg, &data, &dir.join("straight"), &[]));
+    let stopped = ok(&train(
+        &cfg,
+        &data,
+        &dir.join("split"),
+        &["--stop-after", "1"],
+    ));
+    assert!(stopped.contains("--resume"), "{stopped}");
+    assert!(!dir.join("split/teacher.safetensors").exists());
+    // Without --resume an existing run is never overwritten.
+    let refused = train(&cfg, &data, &dir.join("split"), &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
+    ok(&train(&cfg, &data, &dir.join("split"), &["--resume"]));
+
+    let a = StFile::read(&dir.join("straight/teacher.safetensors")).unwrap();
+    let b = StFile::read(&dir.join("split/teacher.safetensors")).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    for (k, t) in &a.tensors {
+        assert_eq!(
+            t, &b.tensors[k],
+            "teacher tensor `{k}` differs after resume"
+        );
+    }
+    // The two runs logged the same losses.
+    let losses = |run: &str| -> Vec<String> {
+        std::fs::read_to_string(dir.join(run).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"step\""))
+            .map(|l| {
+                l.split("\"loss\":")
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(losses("straight"), losses("split"));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn corrupt_and_foreign_files_are_skipped_and_counted() {
+    let dir = scratch("corrupt");
+    let data = cifar_subset(&dir, 4);
+    let good = std::fs::read(data.join("cat/0000.jpg")).unwrap();
+    std::fs::write(data.join("cat/broken.jpg"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(data.join("dog/notes.txt"), "not an image").unwrap();
+    let cfg = write_config(&dir);
+    let err = ok(&train(&cfg, &data, &dir.join("run"), &["--epochs", "1"]));
+    assert!(err.contains("broken.jpg"), "{err}");
+    assert!(err.contains("notes.txt"), "{err}");
+    assert!(err.contains("2 unreadable file(s) were skipped"), "{err}");
+    let log = std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap();
+    assert!(log.contains("\"skipped_files\":2"), "{log}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let dir = scratch("nan");
+    let data = cifar_subset(&dir, 4);
+    let cfg = write_config(&dir);
+    let run = dir.join("run");
+    ok(&train(&cfg, &data, &run, &["--stop-after", "1"]));
+    let ckpt = run.join("checkpoint.safetensors");
+    let before = std::fs::read(&ckpt).unwrap();
+    // An absurd learning rate makes the weights, then the loss, overflow.
+    let o = train(
+        &cfg,
+        &data,
+        &run,
+        &["--resume", "--lr", "1e35", "--clip_grad", "0"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "training with a non-finite loss must fail"
+    );
+    assert!(
+        err.contains("training stopped") && err.contains("intact"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        before,
+        "checkpoint was modified"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn bad_configurations_are_clear_errors() {
+    let dir = scratch("badcfg");
+    let cfg = write_config(&dir);
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(empty.join("class")).unwrap();
+    let o = train(&cfg, &empty, &dir.join("r1"), &[]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no images found"),
+        "{:?}",
+        o
+    );
+
+    let o = train(&cfg, &empty, &dir.join("r2"), &["--lerning_rate", "1"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("lerning_rate"));
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, format!("{TINY}\nmomentum_teachr = 0.9\n")).unwrap();
+    let o = train(&bad, &empty, &dir.join("r3"), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("momentum_teachr") && err.contains("bad.toml"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

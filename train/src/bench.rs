@@ -1,0 +1,59 @@
+//! `dino-train bench`: the speed of the training step alone, printed as one JSON object so
+//! a script can tabulate it (`bench/gpu.sh`).
+//!
+//! The step runs on synthetic crops already on the device, so the model, loss, optimizer
+//! and EMA are measured, not the input; `train/examples/data_bench.rs` measures the data
+//! pipeline alone.
+
+use std::time::Instant;
+
+use anyhow::{Result, ensure};
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use crate::config::TrainConfig;
+use crate::device::select_device;
+use crate::step::DinoStep;
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Steady-state images/s of the training step after `warmup` steps.
+pub fn bench_step(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<serde_json::Value> {
+    ensure!(steps > 0, "bench needs at least one timed step");
+    let device = select_device(&cfg.device)?;
+    tch::manual_seed(cfg.seed as i64);
+    let total = warmup + steps;
+    let mut run = DinoStep::new(cfg, total, device)?;
+    let b = cfg.batch_size as i64;
+    let (g, l) = (cfg.global_crop_size as i64, cfg.local_crop_size as i64);
+    let opts = (Kind::Float, device);
+    let global = Tensor::randn([2 * b, 3, g, g], opts);
+    let local = (cfg.local_crops_number > 0)
+        .then(|| Tensor::randn([cfg.local_crops_number as i64 * b, 3, l, l], opts));
+    let mut last = None;
+    let mut t0 = Instant::now();
+    for it in 0..total {
+        if it == warmup {
+            sync(device);
+            t0 = Instant::now();
+        }
+        last = Some(run.step(&global, local.as_ref(), it)?.loss);
+    }
+    let loss = last.map_or(f64::NAN, |l| l.double_value(&[]));
+    sync(device);
+    let secs = t0.elapsed().as_secs_f64();
+    Ok(json!({
+        "what": "train_step",
+        "device": format!("{device:?}"),
+        "precision": format!("{:?}", run.precision),
+        "batch_size": cfg.batch_size,
+        "steps": steps,
+        "images_per_s": (steps * cfg.batch_size) as f64 / secs,
+        "step_ms": secs * 1e3 / steps as f64,
+        "final_loss": loss,
+    }))
+}

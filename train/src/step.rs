@@ -1,0 +1,136 @@
+//! One DINO optimisation step (the body of the official `train_one_epoch`), with
+//! everything it updates: student, teacher, optimizer, loss centre, loss scale.
+
+use anyhow::Result;
+use tch::{Device, Tensor};
+
+use crate::clip::{cancel_gradients_last_layer, clip_gradients};
+use crate::config::TrainConfig;
+use crate::device::Precision;
+use crate::ema::EmaPairs;
+use crate::loss::{DinoLoss, DinoLossConfig};
+use crate::model::DinoNet;
+use crate::optim::{Optimizer, get_params_groups};
+use crate::scaler::GradScaler;
+use crate::schedule::{ScheduleConfig, Schedules, StepValues};
+
+pub struct DinoStep {
+    pub student: DinoNet,
+    pub teacher: DinoNet,
+    pub optimizer: Optimizer,
+    pub loss: DinoLoss,
+    pub schedules: Schedules,
+    pub precision: Precision,
+    params: Vec<(String, Tensor)>,
+    ema: EmaPairs,
+    scaler: Option<GradScaler>,
+    clip_grad: f64,
+    freeze_last_layer: usize,
+}
+
+/// What a step returns without synchronising with the device.
+pub struct StepOut {
+    pub loss: Tensor,
+    pub teacher_out: Tensor,
+    pub values: StepValues,
+}
+
+impl DinoStep {
+    /// Fresh networks (libtorch must be seeded by the caller) for `niter` steps per epoch.
+    pub fn new(cfg: &TrainConfig, niter: usize, device: Device) -> Result<Self> {
+        let precision = Precision::resolve(&cfg.precision, device)?;
+        let schedules = Schedules::new(&schedule_config(cfg, niter))?;
+        let student = DinoNet::new(&cfg.vit()?, &cfg.head(), device);
+        let teacher = DinoNet::teacher_of(&student, device);
+        let params = student.trainable();
+        let optimizer = Optimizer::new(
+            cfg.optimizer.parse()?,
+            get_params_groups(student.trainable()),
+        );
+        let mut loss_cfg = DinoLossConfig::new(
+            cfg.out_dim,
+            2 + cfg.local_crops_number,
+            schedules.teacher_temp.clone(),
+        );
+        loss_cfg.student_temp = cfg.student_temp;
+        loss_cfg.center_momentum = cfg.center_momentum;
+        let loss = DinoLoss::new(loss_cfg, device)?;
+        let ema = EmaPairs::new(
+            teacher.trainable_and_frozen(),
+            student.trainable_and_frozen(),
+        )?;
+        Ok(Self {
+            student,
+            teacher,
+            optimizer,
+            loss,
+            schedules,
+            precision,
+            params,
+            ema,
+            scaler: (precision == Precision::Fp16).then(GradScaler::default),
+            clip_grad: cfg.clip_grad,
+            freeze_last_layer: cfg.freeze_last_layer,
+        })
+    }
+
+    /// Global iteration `it` on crops `global` `[2b, 3, g, g]` and `local` `[n*b, 3, l, l]`.
+    pub fn step(&mut self, global: &Tensor, local: Option<&Tensor>, it: usize) -> Result<StepOut> {
+        let v = self.schedules.at(it)?;
+        let epoch = v.epoch;
+        let (student, teacher, dino_loss) = (&self.student, &self.teacher, &mut self.loss);
+        let (loss, teacher_out) = tch::autocast(self.precision.autocast(), || {
+            // The teacher sees the global views only.
+            let t = tch::no_grad(|| teacher.forward_crops(&[global], true));
+            let groups: Vec<&Tensor> = std::iter::once(global).chain(local).collect();
+            let s = student.forward_crops(&groups, true);
+            (dino_loss.forward(&s, &t, epoch), t)
+        });
+        let loss = loss?;
+        self.optimizer.zero_grad();
+        let finite = match self.scaler.as_mut() {
+            None => {
+                loss.backward();
+                true
+            }
+            Some(s) => {
+                s.scale(&loss).backward();
+                let finite = s.unscale(&self.params);
+                s.update(finite);
+                finite
+            }
+        };
+        // A float16 overflow skips the update, as GradScaler.step does.
+        if finite {
+            if self.clip_grad > 0.0 {
+                clip_gradients(&self.params, self.clip_grad)?;
+            }
+            let cancelled =
+                cancel_gradients_last_layer(epoch, &self.params, self.freeze_last_layer);
+            self.optimizer.step(v.lr, v.wd, &cancelled)?;
+        }
+        self.ema.update(v.momentum)?;
+        Ok(StepOut {
+            loss: loss.detach(),
+            teacher_out,
+            values: v,
+        })
+    }
+}
+
+fn schedule_config(cfg: &TrainConfig, niter: usize) -> ScheduleConfig {
+    ScheduleConfig {
+        epochs: cfg.epochs,
+        niter_per_ep: niter,
+        batch_size: cfg.batch_size,
+        lr: cfg.lr,
+        min_lr: cfg.min_lr,
+        warmup_epochs: cfg.warmup_epochs,
+        weight_decay: cfg.weight_decay,
+        weight_decay_end: cfg.weight_decay_end,
+        momentum_teacher: cfg.momentum_teacher,
+        warmup_teacher_temp: cfg.warmup_teacher_temp,
+        teacher_temp: cfg.teacher_temp,
+        warmup_teacher_temp_epochs: cfg.warmup_teacher_temp_epochs,
+    }
+}
