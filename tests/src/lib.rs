@@ -66,3 +66,24 @@ pub fn run_python(script: &str, args: &[&str]) -> Output {
     );
     out
 }
+
+/// The shared libraries a binary names as dynamic dependencies (`readelf -d` NEEDED).
+pub fn dynamic_deps(exe: &Path) -> Vec<String> {
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(exe)
+        .output()
+        .expect("readelf (binutils) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needed: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| l.split('[').nth(1))
+        .map(|l| l.trim_end_matches(']').to_string())
+        .collect();
+    assert!(
+        !needed.is_empty(),
+        "readelf found no NEEDED entries:\n{text}"
+    );
+    needed
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use dino_core::st::StFile;
-use dino_tests::{bin, data_dir, scratch};
+use dino_tests::{bin, data_dir, dynamic_deps, python, scratch};
 
 /// A tiny model and crop setup that trains in seconds on 2 CPU cores.
 const TINY: &str = r#"
@@ -208,4 +208,23 @@ fn bad_configurations_are_clear_errors() {
         "{err}"
     );
     std::fs::remove_dir_all(dir).ok();
+}
+
+/// The linker's `--as-needed` would drop libtorch_cuda (no symbol of it is referenced) and
+/// CUDA would silently be missing; the build force-links it whenever the wheel has it.
+#[test]
+fn dino_train_links_libtorch_cuda_when_the_wheel_has_it() {
+    let out = python()
+        .args([
+            "-c",
+            "import os, torch; print(os.path.dirname(torch.__file__))",
+        ])
+        .output()
+        .expect("python");
+    let lib = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("lib");
+    let needed = dynamic_deps(&bin("dino-train"));
+    assert!(needed.iter().any(|l| l == "libtorch_cpu.so"), "{needed:?}");
+    if lib.join("libtorch_cuda.so").exists() {
+        assert!(needed.iter().any(|l| l == "libtorch_cuda.so"), "{needed:?}");
+    }
 }

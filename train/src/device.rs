@@ -61,19 +61,82 @@ impl Precision {
     }
 }
 
+// libtorch's autocast controls, called directly: `tch` exposes on/off through deprecated
+// entry points (they print a warning per thread) and not the dtype at all. All take or
+// return plain integers: `c10::DeviceType` and `c10::ScalarType` are `int8_t`-backed enums.
+unsafe extern "C" {
+    #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+    fn at_set_autocast_dtype(device_type: i8, dtype: i8);
+    #[link_name = "_ZN2at8autocast19is_autocast_enabledEN3c1010DeviceTypeE"]
+    fn at_is_autocast_enabled(device_type: i8) -> bool;
+    #[link_name = "_ZN2at8autocast20set_autocast_enabledEN3c1010DeviceTypeEb"]
+    fn at_set_autocast_enabled(device_type: i8, enabled: bool);
+    #[link_name = "_ZN2at8autocast17increment_nestingEv"]
+    fn at_increment_nesting() -> i32;
+    #[link_name = "_ZN2at8autocast17decrement_nestingEv"]
+    fn at_decrement_nesting() -> i32;
+    #[link_name = "_ZN2at8autocast11clear_cacheEv"]
+    fn at_clear_cache();
+}
+const DEVICE_CUDA: i8 = 1;
+const SCALAR_HALF: i8 = 5;
+const SCALAR_BFLOAT16: i8 = 15;
+
 /// Chooses the dtype of CUDA autocast regions (libtorch's default is float16).
-///
-/// `tch` exposes autocast on/off but not its dtype, so this calls libtorch's
-/// `at::autocast::set_autocast_dtype(c10::DeviceType, c10::ScalarType)` directly; both enums
-/// are `int8_t`-backed (`DeviceType::CUDA` = 1, `ScalarType::Half` = 5, `BFloat16` = 15).
 fn set_cuda_autocast_dtype(bf16: bool) {
-    unsafe extern "C" {
-        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
-        fn at_set_autocast_dtype(device_type: i8, dtype: i8);
+    let dtype = if bf16 { SCALAR_BFLOAT16 } else { SCALAR_HALF };
+    // SAFETY: a setter of a global in libtorch_cpu (linked through tch), integer arguments.
+    unsafe { at_set_autocast_dtype(DEVICE_CUDA, dtype) }
+}
+
+/// Runs `f` with CUDA autocast on (or off), restoring the previous state after, as
+/// `torch.autocast("cuda")` does; the cast-weight cache is cleared when the outermost
+/// region ends.
+pub fn cuda_autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    if !enabled {
+        return f();
     }
-    const CUDA: i8 = 1;
-    let dtype = if bf16 { 15 } else { 5 };
-    // SAFETY: a plain setter of a global in libtorch_cpu (linked through tch), taking two
-    // integer enums by value.
-    unsafe { at_set_autocast_dtype(CUDA, dtype) }
+    // SAFETY: libtorch's thread-local autocast state, plain integer/bool arguments.
+    let previous = unsafe {
+        let previous = at_is_autocast_enabled(DEVICE_CUDA);
+        at_set_autocast_enabled(DEVICE_CUDA, true);
+        at_increment_nesting();
+        previous
+    };
+    let out = f();
+    // SAFETY: as above.
+    unsafe {
+        if at_decrement_nesting() == 0 {
+            at_clear_cache();
+        }
+        at_set_autocast_enabled(DEVICE_CUDA, previous);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autocast_region_restores_the_previous_state() {
+        // The flags are thread-local bookkeeping and work without a GPU.
+        // SAFETY: reads libtorch's autocast flag.
+        let on = || unsafe { at_is_autocast_enabled(DEVICE_CUDA) };
+        assert!(!on());
+        let inner = cuda_autocast(true, || (on(), cuda_autocast(true, on)));
+        assert_eq!(inner, (true, true));
+        assert!(!on());
+        assert!(!cuda_autocast(false, on));
+    }
+
+    #[test]
+    fn cpu_rejects_reduced_precision() {
+        assert_eq!(
+            Precision::resolve("auto", Device::Cpu).unwrap(),
+            Precision::Fp32
+        );
+        assert!(Precision::resolve("bf16", Device::Cpu).is_err());
+        assert!(select_device("cuda:x").is_err());
+    }
 }

@@ -79,7 +79,7 @@ impl DinoStep {
         let v = self.schedules.at(it)?;
         let epoch = v.epoch;
         let (student, teacher, dino_loss) = (&self.student, &self.teacher, &mut self.loss);
-        let (loss, teacher_out) = tch::autocast(self.precision.autocast(), || {
+        let (loss, teacher_out) = crate::device::cuda_autocast(self.precision.autocast(), || {
             // The teacher sees the global views only.
             let t = tch::no_grad(|| teacher.forward_crops(&[global], true));
             let groups: Vec<&Tensor> = std::iter::once(global).chain(local).collect();
