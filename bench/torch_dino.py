@@ -4,9 +4,10 @@ official code (train/tests/python/dino_model_reference.py: explicit attention, f
 
   torch_dino.py step  [model flags] --device cuda --precision fp16 --steps 20 --warmup 5
       synthetic crops already on the device; one JSON line like `dino-train bench`
-  torch_dino.py train [model flags] --data DIR --epochs 1 --workers 2
+  torch_dino.py train [model flags] --data DIR --epochs 10 --max-steps 39 --workers 2
       real multi-crop training on an ImageFolder with torchvision transforms and DataLoader
-      workers (the official DataAugmentationDINO); one JSON line with images/s
+      workers (the official DataAugmentationDINO), schedules of `--epochs` epochs, stopped
+      after `--max-steps` steps; one JSON line with images/s (data loading included)
 """
 import argparse
 import json
@@ -33,7 +34,7 @@ def config(a, niter):
     return dict(img_size=a.global_, patch=a.patch, dim=dim, depth=depth, heads=heads, out_dim=a.out_dim,
                 hidden=a.hidden, bottleneck=256, norm_last_layer=True, drop_path_rate=0.1,
                 ncrops=2 + a.nlocal, epochs=a.epochs, niter=niter, batch=a.batch, lr=a.lr, min_lr=1e-6,
-                warmup_epochs=0, weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996,
+                warmup_epochs=a.warmup_epochs, weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996,
                 warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0)
 
 
@@ -109,12 +110,16 @@ def bench_train(a):
     cfg = config(a, len(loader))
     student, teacher, loss_fn, opt, sched = build(cfg, "cpu")
     seen, t0 = 0, time.perf_counter()
-    for epoch in range(a.epochs):
+    steps = a.epochs * len(loader) if a.max_steps <= 0 else min(a.max_steps, a.epochs * len(loader))
+    for epoch in range(-(-steps // len(loader))):
         for i, (images, _) in enumerate(loader):
-            train_step(student, teacher, loss_fn, opt, sched, epoch * len(loader) + i, epoch, images, 3.0, 1)
+            it = epoch * len(loader) + i
+            if it >= steps:
+                break
+            train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, 3.0, 1)
             seen += a.batch
     secs = time.perf_counter() - t0
-    print(json.dumps(dict(what="train_epochs", images=seen, seconds=secs, images_per_s=seen / secs,
+    print(json.dumps(dict(what="train_epochs", steps=steps, images=seen, seconds=secs, images_per_s=seen / secs,
                           workers=a.workers, threads=a.threads)))
 
 
@@ -133,7 +138,9 @@ def main():
     ap.add_argument("--nlocal", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=1, help="schedule length (and loop, see --max-steps)")
+    ap.add_argument("--warmup-epochs", type=int, default=0, help="learning-rate warmup epochs")
+    ap.add_argument("--max-steps", type=int, default=0, help="train: stop after this many steps (0: all)")
     ap.add_argument("--precision", choices=["fp16", "fp32"], default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20)

@@ -15,6 +15,7 @@ pub mod weights;
 pub use config::{EvalTransform, HeadConfig, VitConfig};
 pub use error::CoreError;
 pub mod attention;
+pub mod heatmap;
 pub mod image_io;
 pub mod knn;
 pub mod onnx_meta;

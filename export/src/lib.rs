@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod import;
+pub mod import_cli;
 pub mod load;
 pub mod meta;
 pub mod onnx;

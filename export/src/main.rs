@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use dino_export::import::{ImportOptions, import};
+use dino_export::import_cli::{self, ImportArgs};
 use dino_export::{ExportOptions, Outputs, Precision, export, onnx};
 
 const EXAMPLES: &str = "\
@@ -66,25 +66,6 @@ enum Command {
     Import(ImportArgs),
 }
 
-#[derive(clap::Args)]
-struct ImportArgs {
-    /// A backbone state dict (`dino_deitsmall16_pretrain.pth`) or a training
-    /// `checkpoint.pth` (its `teacher` entry is used unless --key says otherwise).
-    file: PathBuf,
-    /// Architecture preset (vit_tiny, vit_small, vit_base); default: from the width.
-    #[arg(long)]
-    arch: Option<String>,
-    /// Patch size, checked against the weights.
-    #[arg(long)]
-    patch_size: Option<usize>,
-    /// The checkpoint entry holding the weights (e.g. `teacher`, `student`).
-    #[arg(long)]
-    key: Option<String>,
-    /// The dino-rs safetensors file to write.
-    #[arg(long, value_name = "FILE.safetensors")]
-    to: PathBuf,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OutputArg {
     #[value(name = "embedding")]
@@ -142,32 +123,6 @@ fn main() -> Result<()> {
 }
 
 fn run_import(a: ImportArgs) -> Result<()> {
-    let opts = ImportOptions {
-        arch: a.arch,
-        patch_size: a.patch_size,
-        key: a.key,
-    };
-    let imp = import(&a.file, &a.to, &opts)
-        .with_context(|| format!("importing {} to {}", a.file.display(), a.to.display()))?;
-    let v = &imp.vit;
-    println!(
-        "wrote {}: {}/{} (embed_dim {}, depth {}, heads {}, native {}px), {} tensors{}{}",
-        a.to.display(),
-        v.arch,
-        v.patch_size,
-        v.embed_dim,
-        v.depth,
-        v.num_heads,
-        v.img_size,
-        imp.tensors.len(),
-        imp.entry
-            .map(|e| format!(" from entry `{e}`"))
-            .unwrap_or_default(),
-        if imp.ignored.is_empty() {
-            String::new()
-        } else {
-            format!(", {} head tensors left out", imp.ignored.len())
-        }
-    );
+    println!("{}", import_cli::run(&a)?);
     Ok(())
 }

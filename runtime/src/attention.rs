@@ -12,29 +12,12 @@
 //! Heatmaps use a perceptual dark-blue-to-yellow colour map after min-max scaling; masks
 //! show the kept patches of the input and darken the rest.
 
-use dino_core::attention::{mean_over_heads, min_max_normalise, threshold_mask};
+use dino_core::attention::mean_over_heads;
+use dino_core::heatmap::PatchGrid;
 use image::{Rgb, RgbImage};
 
 /// Gap between tiles, in pixels.
 const GAP: u32 = 4;
-
-/// Colour map control points (approximately viridis).
-const CMAP: [[f32; 3]; 5] = [
-    [68.0, 1.0, 84.0],
-    [59.0, 82.0, 139.0],
-    [33.0, 145.0, 140.0],
-    [94.0, 201.0, 98.0],
-    [253.0, 231.0, 37.0],
-];
-
-fn colour(v: f32) -> Rgb<u8> {
-    let x = v.clamp(0.0, 1.0) * (CMAP.len() - 1) as f32;
-    let i = (x.floor() as usize).min(CMAP.len() - 2);
-    let f = x - i as f32;
-    Rgb(std::array::from_fn(|c| {
-        (CMAP[i][c] + (CMAP[i + 1][c] - CMAP[i][c]) * f).round() as u8
-    }))
-}
 
 /// The per-head attention of one image and how it maps onto the crop.
 pub struct AttentionMaps<'a> {
@@ -50,39 +33,21 @@ pub struct AttentionMaps<'a> {
 
 impl AttentionMaps<'_> {
     fn grid(&self) -> (usize, usize) {
-        let (w, h) = (self.crop.width() as usize, self.crop.height() as usize);
-        (h / self.patch_size, w / self.patch_size)
+        let g = self.patch_grid();
+        (g.rows, g.cols)
     }
 
-    /// Value of patch map `v` at crop pixel `(x, y)` (nearest; the border beyond the last
-    /// full patch repeats it).
-    fn at(&self, v: &[f32], x: u32, y: u32) -> f32 {
-        let (gh, gw) = self.grid();
-        let r = (y as usize / self.patch_size).min(gh - 1);
-        let c = (x as usize / self.patch_size).min(gw - 1);
-        v[r * gw + c]
+    fn patch_grid(&self) -> PatchGrid {
+        PatchGrid::of_image(self.crop.width(), self.crop.height(), self.patch_size)
     }
 
     fn heatmap(&self, v: &[f32]) -> RgbImage {
-        let n = min_max_normalise(v);
-        RgbImage::from_fn(self.crop.width(), self.crop.height(), |x, y| {
-            colour(self.at(&n, x, y))
-        })
+        self.patch_grid()
+            .heatmap(v, self.crop.width(), self.crop.height())
     }
 
     fn masked(&self, v: &[f32]) -> RgbImage {
-        let keep: Vec<f32> = threshold_mask(v, self.threshold)
-            .into_iter()
-            .map(|k| if k { 1.0 } else { 0.0 })
-            .collect();
-        RgbImage::from_fn(self.crop.width(), self.crop.height(), |x, y| {
-            let p = self.crop.get_pixel(x, y).0;
-            if self.at(&keep, x, y) > 0.5 {
-                Rgb(p)
-            } else {
-                Rgb(p.map(|c| c / 4))
-            }
-        })
+        self.patch_grid().masked(self.crop, v, self.threshold)
     }
 
     /// Checks that the attention has `heads * grid` values.
@@ -128,6 +93,7 @@ impl AttentionMaps<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dino_core::heatmap::colour;
 
     #[test]
     fn montage_layout_and_colours() {

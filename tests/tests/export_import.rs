@@ -4,13 +4,16 @@
 //! training `checkpoint.pth` (student under `module.backbone.`, teacher under `backbone.`
 //! and `head.`, optimizer state, `args` as an argparse.Namespace). They are imported with
 //! `dino-export import`, exported, and compared within 1e-4 with the same weights loaded
-//! into the PyTorch reference the official way.
+//! into the PyTorch reference the official way. `dino-train import` writes the same file,
+//! which `dino-train knn` loads.
 
 mod export_common;
 
 use dino_core::st::{self, StFile};
 use dino_core::testing::{assert_close, max_abs_diff};
-use dino_tests::{run_python, scratch};
+use std::process::Command;
+
+use dino_tests::{bin, cifar_subset, run_python, scratch};
 use export_common::{REF, compare, export_err, export_ok, s};
 
 #[test]
@@ -169,5 +172,89 @@ fn training_checkpoint_pth_uses_the_teacher() {
         err.contains("no entry `ema`") && err.contains("teacher"),
         "{err}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dino_train_import_writes_a_teacher_that_knn_loads() {
+    let dir = scratch("train-import");
+    let pth = dir.join("checkpoint.pth");
+    run_python(
+        REF,
+        &[
+            "pth",
+            "--layout",
+            "checkpoint",
+            "--arch",
+            "vit_tiny",
+            "--patch",
+            "8",
+            "--img-size",
+            "32",
+            "--seed",
+            "7",
+            "--out",
+            &s(&pth),
+        ],
+    );
+    let teacher = dir.join("teacher.safetensors");
+    let o = Command::new(bin("dino-train"))
+        .args([
+            "import",
+            &s(&pth),
+            "--arch",
+            "vit_tiny",
+            "--patch-size",
+            "8",
+        ])
+        .args(["--to", &s(&teacher)])
+        .output()
+        .expect("run dino-train import");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "dino-train import failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        text.contains("vit_tiny/8") && text.contains("entry `teacher`"),
+        "{text}"
+    );
+    // The same contents as `dino-export import` writes (metadata order aside).
+    let other = dir.join("other.safetensors");
+    export_ok(&["import", &s(&pth), "--to", &s(&other)]);
+    let (a, b) = (
+        StFile::read(&teacher).unwrap(),
+        StFile::read(&other).unwrap(),
+    );
+    assert_eq!(a.metadata, b.metadata);
+    assert!(
+        a.tensors == b.tensors,
+        "dino-train and dino-export import differ"
+    );
+
+    let (train, val) = (
+        cifar_subset(&dir, "train", 3),
+        cifar_subset(&dir, "test", 2),
+    );
+    let o = Command::new(bin("dino-train"))
+        .args(["knn", "--native", "--json", "--quiet", "--device", "cpu"])
+        .args(["--k", "5", "--checkpoint", &s(&teacher)])
+        .args(["--train", &s(&train), "--val", &s(&val)])
+        .output()
+        .expect("run dino-train knn");
+    assert!(
+        o.status.success(),
+        "dino-train knn on the imported teacher failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("knn JSON");
+    assert_eq!(
+        (r["train_images"].as_u64(), r["val_images"].as_u64()),
+        (Some(30), Some(20)),
+        "{r}"
+    );
+    let top1 = r["top1"].as_f64().expect("top1");
+    assert!((0.0..=100.0).contains(&top1), "{r}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

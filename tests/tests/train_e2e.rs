@@ -2,75 +2,21 @@
 //! that keeps the last good checkpoint, and clear errors for bad configurations.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use dino_core::st::StFile;
-use dino_tests::{bin, data_dir, dynamic_deps, python, scratch};
-
-/// A tiny model and crop setup that trains in seconds on 2 CPU cores.
-const TINY: &str = r#"
-arch = "custom"
-patch_size = 4
-embed_dim = 32
-depth = 1
-num_heads = 2
-img_size = 32
-out_dim = 256
-head_hidden_dim = 64
-head_bottleneck_dim = 32
-global_crop_size = 32
-local_crop_size = 16
-local_crops_number = 2
-batch_size = 16
-epochs = 2
-warmup_epochs = 1
-num_workers = 2
-log_freq = 1
-mean = [0.4914, 0.4822, 0.4465]
-std = [0.2470, 0.2435, 0.2616]
-"#;
-
-/// `per_class` images of each CIFAR class copied into a fresh ImageFolder.
-fn cifar_subset(dir: &Path, per_class: usize) -> PathBuf {
-    let src = data_dir().join("cifar10-mini/train");
-    let dst = dir.join("images");
-    let mut classes: Vec<_> = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    classes.sort();
-    for class in classes {
-        let out = dst.join(class.file_name().unwrap());
-        std::fs::create_dir_all(&out).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(&class)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.into_iter().take(per_class) {
-            std::fs::copy(&f, out.join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    dst
-}
+use dino_tests::{
+    TINY_CONFIG, bin, cifar_subset, dino_train as train, dynamic_deps, python, scratch,
+    write_tiny_config,
+};
 
 fn write_config(dir: &Path) -> PathBuf {
-    let p = dir.join("tiny.toml");
-    std::fs::write(&p, TINY).unwrap();
-    p
+    write_tiny_config(dir, "")
 }
 
-fn train(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    Command::new(bin("dino-train"))
-        .args(["train", "--quiet", "--config"])
-        .arg(config)
-        .arg("--data_path")
-        .arg(data)
-        .arg("--output_dir")
-        .arg(out)
-        .args(extra)
-        .output()
-        .expect("run dino-train")
+/// `per_class` training images of each CIFAR class copied into a fresh ImageFolder.
+fn cifar_train(dir: &Path, per_class: usize) -> PathBuf {
+    cifar_subset(dir, "train", per_class)
 }
 
 #[track_caller]
@@ -83,7 +29,7 @@ fn ok(o: &Output) -> String {
 #[test]
 fn resume_gives_the_same_teacher_as_an_uninterrupted_run() {
     let dir = scratch("resume");
-    let data = cifar_subset(&dir, 6);
+    let data = cifar_train(&dir, 6);
     let cfg = write_config(&dir);
     ok(&train(&cfg, &data, &dir.join("straight"), &[]));
     let stopped = ok(&train(
@@ -133,7 +79,7 @@ fn resume_gives_the_same_teacher_as_an_uninterrupted_run() {
 #[test]
 fn corrupt_and_foreign_files_are_skipped_and_counted() {
     let dir = scratch("corrupt");
-    let data = cifar_subset(&dir, 4);
+    let data = cifar_train(&dir, 4);
     let good = std::fs::read(data.join("cat/0000.jpg")).unwrap();
     std::fs::write(data.join("cat/broken.jpg"), &good[..good.len() / 2]).unwrap();
     std::fs::write(data.join("dog/notes.txt"), "not an image").unwrap();
@@ -150,7 +96,7 @@ fn corrupt_and_foreign_files_are_skipped_and_counted() {
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let dir = scratch("nan");
-    let data = cifar_subset(&dir, 4);
+    let data = cifar_train(&dir, 4);
     let cfg = write_config(&dir);
     let run = dir.join("run");
     ok(&train(&cfg, &data, &run, &["--stop-after", "1"]));
@@ -199,7 +145,7 @@ fn bad_configurations_are_clear_errors() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("lerning_rate"));
 
     let bad = dir.join("bad.toml");
-    std::fs::write(&bad, format!("{TINY}\nmomentum_teachr = 0.9\n")).unwrap();
+    std::fs::write(&bad, format!("{TINY_CONFIG}\nmomentum_teachr = 0.9\n")).unwrap();
     let o = train(&bad, &empty, &dir.join("r3"), &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());

@@ -13,7 +13,19 @@ Examples:
   dino-train train --config configs/cifar-tiny.toml --output_dir runs/try --resume
   dino-train train --arch vit_small --patch_size 16 --data_path /data/imagenet/train
   dino-train knn --checkpoint runs/try/teacher.safetensors \\
-      --train ../shared/data/cifar10-mini/train --val ../shared/data/cifar10-mini/test --native";
+      --train ../shared/data/cifar10-mini/train --val ../shared/data/cifar10-mini/test --native
+  dino-train attention --checkpoint runs/try/teacher.safetensors --image photo.jpg --out attn/
+  dino-train attention --checkpoint runs/try/checkpoint.safetensors --image photos/ \\
+      --img-size 480 --threshold 0.6 --out attn/
+  dino-train plot --run runs/try
+  dino-train import dino_deitsmall16_pretrain.pth --arch vit_small --patch-size 16 \\
+      --to teacher.safetensors";
+
+const ATTENTION_EXAMPLES: &str = "\
+Examples:
+  dino-train attention --checkpoint runs/try/teacher.safetensors --image photo.jpg --out attn/
+  dino-train attention --checkpoint runs/try/checkpoint.safetensors --image photos/ \\
+      --img-size 480 --threshold 0.6 --device cuda --out attn/";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -38,6 +50,53 @@ pub enum Command {
     Knn(KnnArgs),
     /// Speed of the training step on synthetic crops already on the device (one JSON line).
     Bench(BenchArgs),
+    /// Convert official DINO PyTorch weights (.pth, or safetensors with official keys) to a
+    /// teacher.safetensors usable by `knn`, `attention` and dino-export (as
+    /// `dino-export import`). The architecture is read from the tensor shapes.
+    Import(dino_export::import_cli::ImportArgs),
+    /// Last-block CLS attention of each head over an image (visualize_attention.py).
+    ///
+    /// Writes into <out>/<image stem>/: img.png (the crop the model saw), attn-head{j}.png
+    /// and attn-mean.png (heatmaps over the crop), mask-head{j}.png and mask-mean.png (the
+    /// patches holding --threshold of the attention mass kept) and attention.npy (per-head
+    /// maps before upsampling, each summing to 1).
+    #[command(after_help = ATTENTION_EXAMPLES)]
+    Attention(AttentionArgs),
+    /// PNG charts of a run's metrics.jsonl (loss, lr, weight decay, teacher momentum and
+    /// temperature per step, k-NN top-1 per evaluation) into <run>/plots/.
+    #[command(after_help = "Example:\n  dino-train plot --run runs/cifar-tiny")]
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AttentionArgs {
+    /// A teacher.safetensors or training checkpoint (its teacher is used).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// An image, or a folder of images (every jpg/jpeg/png/webp/bmp in it).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Shorter side of the resized image; sides are then cropped to patch multiples.
+    #[arg(long, default_value_t = 480)]
+    pub img_size: usize,
+    /// Share of the attention mass the masks keep.
+    #[arg(long, default_value_t = 0.6)]
+    pub threshold: f32,
+    /// Output folder (one sub-folder per image).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlotArgs {
+    /// A training output_dir holding metrics.jsonl.
+    #[arg(long)]
+    pub run: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,6 +1,7 @@
 //! dino-train: DINO self-distillation (Caron et al., "Emerging Properties in
 //! Self-Supervised Vision Transformers", ICCV 2021) on libtorch.
 pub mod algo_error;
+pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod loss;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod plot;
 pub mod scaler;
 pub mod schedule;
 pub mod step;

@@ -4,9 +4,9 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use dino_core::EvalTransform;
-use dino_train::cli::{BenchArgs, Cli, Command, KnnArgs, TrainArgs};
+use dino_train::cli::{AttentionArgs, BenchArgs, Cli, Command, KnnArgs, PlotArgs, TrainArgs};
 use dino_train::config::TrainConfig;
-use dino_train::{bench, device, knn_eval, trainer};
+use dino_train::{attention, bench, device, knn_eval, plot, trainer};
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
@@ -20,7 +20,42 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => train(a),
         Command::Knn(a) => knn(a),
         Command::Bench(a) => bench(a),
+        Command::Import(a) => {
+            println!("{}", dino_export::import_cli::run(&a)?);
+            Ok(())
+        }
+        Command::Attention(a) => attention(a),
+        Command::Plot(a) => plot(a),
     }
+}
+
+fn attention(a: AttentionArgs) -> Result<()> {
+    let device = device::select_device(&a.device)?;
+    let opts = attention::AttentionOptions {
+        img_size: a.img_size,
+        threshold: a.threshold,
+        quiet: a.quiet,
+    };
+    let dirs = attention::run(&a.checkpoint, &a.image, &a.out, &opts, device)?;
+    eprintln!(
+        "attention maps of {} image(s) written to {}",
+        dirs.len(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn plot(a: PlotArgs) -> Result<()> {
+    let r = plot::plot_run(&a.run)?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "{} chart(s) written to {}",
+        r.files.len(),
+        a.run.join(plot::PLOT_DIR).display()
+    );
+    Ok(())
 }
 
 fn bench(a: BenchArgs) -> Result<()> {

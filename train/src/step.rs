@@ -7,7 +7,7 @@ use tch::{Device, Tensor};
 use crate::clip::{cancel_gradients_last_layer, clip_gradients};
 use crate::config::TrainConfig;
 use crate::device::Precision;
-use crate::ema::EmaPairs;
+use crate::ema::{EmaPairs, FlatEma};
 use crate::loss::{DinoLoss, DinoLossConfig};
 use crate::model::DinoNet;
 use crate::optim::{Optimizer, get_params_groups};
@@ -22,7 +22,9 @@ pub struct DinoStep {
     pub schedules: Schedules,
     pub precision: Precision,
     params: Vec<(String, Tensor)>,
-    ema: EmaPairs,
+    /// Teacher and student each in one flat buffer: the EMA is three kernels, not three per
+    /// parameter.
+    ema: FlatEma,
     scaler: Option<GradScaler>,
     clip_grad: f64,
     freeze_last_layer: usize,
@@ -55,10 +57,10 @@ impl DinoStep {
         loss_cfg.student_temp = cfg.student_temp;
         loss_cfg.center_momentum = cfg.center_momentum;
         let loss = DinoLoss::new(loss_cfg, device)?;
-        let ema = EmaPairs::new(
+        let ema = FlatEma::new(EmaPairs::new(
             teacher.trainable_and_frozen(),
             student.trainable_and_frozen(),
-        )?;
+        )?)?;
         Ok(Self {
             student,
             teacher,

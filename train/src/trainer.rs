@@ -241,7 +241,29 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     }
     summary.finished = end_epoch == cfg.epochs;
     summary.skipped_files = loader.skipped_count();
+    drop(log);
+    if summary.finished {
+        plot_curves(out, quiet);
+    }
     Ok(summary)
+}
+
+/// Charts of the finished run; a failure is a warning, never an error that loses the run.
+fn plot_curves(out: &Path, quiet: bool) {
+    match crate::plot::plot_run(out) {
+        Ok(r) => {
+            if !quiet {
+                for w in &r.warnings {
+                    eprintln!("warning: {w}");
+                }
+                eprintln!(
+                    "training curves written to {}",
+                    out.join(crate::plot::PLOT_DIR).display()
+                );
+            }
+        }
+        Err(e) => eprintln!("warning: cannot plot the training curves: {e}"),
+    }
 }
 
 /// The teacher backbone alone, official keys, with its config: `dino-export`'s input.

@@ -1,9 +1,10 @@
-//! Shared plumbing of the `algo_*` tests: run `python/dino_reference.py` for one case into a
-//! temporary folder and read back its inputs and expected outputs. Comparisons go through
-//! `dino_core::testing::assert_close`.
+//! Shared plumbing of the `algo_*` and `step_fidelity` tests: run a script of `python/`
+//! (`dino_reference.py` for one case) into a temporary folder and read back its inputs and
+//! expected outputs. Comparisons go through `dino_core::testing::assert_close`.
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
@@ -20,37 +21,50 @@ pub struct Reference {
     pub config: Value,
 }
 
-/// Runs `dino_reference.py CASE OUT [args]` with `$PYTHON` (the venv's, with torch) or
-/// `python3`, and reads `OUT/CASE.safetensors`.
-pub fn reference(case: &str, args: &[&str]) -> Reference {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/dino_reference.py");
-    let dir = tempfile::tempdir().expect("temp dir");
+/// Runs `tests/python/{script} args...` with `$PYTHON` (the venv's, with torch) or `python3`,
+/// panicking with its stderr when it fails.
+pub fn run_python(script: &str, args: &[&OsStr]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
     let out = Command::new(&python)
         .arg(&script)
-        .arg(case)
-        .arg(dir.path())
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {python:?} (source scripts/env.sh): {e}"));
     assert!(
         out.status.success(),
-        "{} {case} failed:\n{}",
+        "{} failed:\n{}",
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let st =
-        StFile::read(&dir.path().join(format!("{case}.safetensors"))).expect("reference output");
-    let config =
-        serde_json::from_str(st.meta("config").expect("config metadata")).expect("config JSON");
-    Reference {
-        _dir: dir,
-        st,
-        config,
-    }
+}
+
+/// Runs `dino_reference.py CASE OUT [args]` and reads `OUT/CASE.safetensors`.
+pub fn reference(case: &str, args: &[&str]) -> Reference {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut all: Vec<&OsStr> = vec![OsStr::new(case), dir.path().as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    run_python("dino_reference.py", &all);
+    Reference::open(dir, &format!("{case}.safetensors"))
 }
 
 impl Reference {
+    /// Reads `dir/file` (a script's output); `dir` lives as long as the reference. The
+    /// `config` metadata is `null` when the file has none.
+    pub fn open(dir: tempfile::TempDir, file: &str) -> Self {
+        let st = StFile::read(&dir.path().join(file)).expect("reference output");
+        let config = st.meta("config").map_or(Value::Null, |c| {
+            serde_json::from_str(c).expect("config JSON")
+        });
+        Self {
+            _dir: dir,
+            st,
+            config,
+        }
+    }
+
     pub fn has(&self, key: &str) -> bool {
         self.st.tensors.contains_key(key)
     }

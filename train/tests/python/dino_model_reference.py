@@ -76,7 +76,7 @@ class VisionTransformer(nn.Module):
         n = (img_size // patch) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, dim))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]  # stochastic depth decay rule
         self.blocks = nn.ModuleList([Block(dim, heads, dpr[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -156,7 +156,7 @@ def build(cfg, device="cpu"):
     `cfg` keys: img_size, patch, dim, depth, heads, out_dim, hidden, bottleneck,
     norm_last_layer, drop_path_rate, ncrops, epochs, niter, batch, lr, min_lr, warmup_epochs,
     weight_decay, weight_decay_end, momentum_teacher, warmup_teacher_temp, teacher_temp,
-    warmup_teacher_temp_epochs.
+    warmup_teacher_temp_epochs; optional student_temp (0.1) and center_momentum (0.9).
     """
     def net(dpr):
         return MultiCropWrapper(
@@ -168,7 +168,8 @@ def build(cfg, device="cpu"):
         p.requires_grad = False
     temps = teacher_temp_schedule(cfg["warmup_teacher_temp"], cfg["teacher_temp"],
                                   cfg["warmup_teacher_temp_epochs"], cfg["epochs"])
-    loss = DINOLoss(cfg["out_dim"], cfg["ncrops"], temps).to(device)
+    loss = DINOLoss(cfg["out_dim"], cfg["ncrops"], temps, cfg.get("student_temp", 0.1),
+                    cfg.get("center_momentum", 0.9)).to(device)
     opt = torch.optim.AdamW(get_params_groups(student.named_parameters()))
     n = cfg["epochs"] * cfg["niter"]
     sched = dict(
@@ -182,8 +183,11 @@ def build(cfg, device="cpu"):
 
 
 def train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, clip_grad, freeze_last_layer,
-               scaler=None):
-    """One iteration of the official `train_one_epoch` (images: list of crop batches)."""
+               scaler=None, grad_norms=None):
+    """One iteration of the official `train_one_epoch` (images: list of crop batches).
+
+    The gradient norms measured by `clip_gradients` (the official `param_norms`) are appended
+    to the list `grad_norms` when one is given."""
     for i, g in enumerate(opt.param_groups):
         g["lr"] = sched["lr"][it]
         if i == 0:
@@ -197,7 +201,9 @@ def train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, clip_gr
     if scaler is None:
         loss.backward()
         if clip_grad:
-            clip_gradients(named, clip_grad)
+            norms = clip_gradients(named, clip_grad)
+            if grad_norms is not None:
+                grad_norms.append(norms)
         cancel_gradients_last_layer(epoch, named, freeze_last_layer)
         opt.step()
     else:
