@@ -25,6 +25,8 @@ fn sync(device: Device) {
 pub fn bench_step(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<serde_json::Value> {
     ensure!(steps > 0, "bench needs at least one timed step");
     let device = select_device(&cfg.device)?;
+    // No loader runs here: the step gets every core, as in training without data workers.
+    let threads = crate::trainer::set_cpu_threads(device, 0);
     tch::manual_seed(cfg.seed as i64);
     let total = warmup + steps;
     let mut run = DinoStep::new(cfg, total, device)?;
@@ -51,6 +53,7 @@ pub fn bench_step(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<serd
         "device": format!("{device:?}"),
         "precision": format!("{:?}", run.precision),
         "batch_size": cfg.batch_size,
+        "threads": threads,
         "steps": steps,
         "images_per_s": (steps * cfg.batch_size) as f64 / secs,
         "step_ms": secs * 1e3 / steps as f64,
