@@ -29,7 +29,7 @@ for r in $(seq "$RUNS"); do
         --out-dim 4096 --hidden 1024 --global 32 --local 16 --nlocal 6 --batch 128 \
         --epochs 10 --warmup-epochs 2 --max-steps "$steps" --data "$DATA" --workers 2 \
         --threads 2 2>/dev/null \
-        | "$PYTHON" -c 'import json,sys; r=json.loads(sys.stdin.read()); print(f"pytorch {r[\"images_per_s\"]:.1f} img/s, {r[\"seconds\"]:.0f}s")' \
+        | "$PYTHON" -c 'import json, sys; r = json.loads(sys.stdin.read()); print("pytorch %.1f img/s, %.0fs" % (r["images_per_s"], r["seconds"]))' \
         >>"$TMP/results"
     tail -2 "$TMP/results" >&2
 done
