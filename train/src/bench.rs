@@ -26,7 +26,8 @@ pub fn bench_step(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<serd
     ensure!(steps > 0, "bench needs at least one timed step");
     let device = select_device(&cfg.device)?;
     // No loader runs here: the step gets every core, as in training without data workers.
-    let threads = crate::trainer::set_cpu_threads(device, 0);
+    // libtorch's intra-op pool: one thread per core unless OMP_NUM_THREADS says otherwise.
+    let threads = tch::get_num_threads();
     tch::manual_seed(cfg.seed as i64);
     let total = warmup + steps;
     let mut run = DinoStep::new(cfg, total, device)?;

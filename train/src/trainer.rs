@@ -60,7 +60,6 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         );
     }
     let device = select_device(&cfg.device)?;
-    set_cpu_threads(device, cfg.num_workers);
     let dataset = Arc::new(
         ImageDataset::open(&cfg.data_path, Verify::Full)
             .with_context(|| format!("cannot load data_path {}", cfg.data_path.display()))?,
@@ -299,19 +298,6 @@ fn ensure_compatible(saved: &TrainConfig, now: &TrainConfig, path: &Path) -> Res
         path.display()
     );
     Ok(())
-}
-
-/// On CPU, gives libtorch's intra-op pool the cores the `data_workers` loader threads leave
-/// (at least one), unless `OMP_NUM_THREADS` says otherwise. libtorch's default is one thread
-/// per core; with the loader's threads busy at the same time, its spinning OpenMP workers
-/// then wait on each other and a small model's step gets several times slower. Returns the
-/// thread count in use.
-pub fn set_cpu_threads(device: Device, data_workers: usize) -> usize {
-    if device == Device::Cpu && std::env::var_os("OMP_NUM_THREADS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads(cores.saturating_sub(data_workers).max(1) as i32);
-    }
-    tch::get_num_threads() as usize
 }
 
 /// The multi-crop settings of a training config.
