@@ -89,10 +89,11 @@ fn official_backbone_pth_imports_exports_and_agrees() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn training_checkpoint_pth_uses_the_teacher() {
-    let dir = scratch("export-import-checkpoint");
+/// A vit_tiny/8 training `checkpoint.pth` (teacher and student with `backbone.`/`head.`
+/// prefixes, as the official code saves it), written by the reference script.
+fn checkpoint_pth(dir: &std::path::Path, seed: u32) -> std::path::PathBuf {
     let pth = dir.join("checkpoint.pth");
+    let seed = seed.to_string();
     run_python(
         REF,
         &[
@@ -106,11 +107,18 @@ fn training_checkpoint_pth_uses_the_teacher() {
             "--img-size",
             "32",
             "--seed",
-            "6",
+            &seed,
             "--out",
             &s(&pth),
         ],
     );
+    pth
+}
+
+#[test]
+fn training_checkpoint_pth_uses_the_teacher() {
+    let dir = scratch("export-import-checkpoint");
+    let pth = checkpoint_pth(&dir, 6);
     let teacher = dir.join("teacher.safetensors");
     let text = export_ok(&[
         "import",
@@ -178,25 +186,7 @@ fn training_checkpoint_pth_uses_the_teacher() {
 #[test]
 fn dino_train_import_writes_a_teacher_that_knn_loads() {
     let dir = scratch("train-import");
-    let pth = dir.join("checkpoint.pth");
-    run_python(
-        REF,
-        &[
-            "pth",
-            "--layout",
-            "checkpoint",
-            "--arch",
-            "vit_tiny",
-            "--patch",
-            "8",
-            "--img-size",
-            "32",
-            "--seed",
-            "7",
-            "--out",
-            &s(&pth),
-        ],
-    );
+    let pth = checkpoint_pth(&dir, 7);
     let teacher = dir.join("teacher.safetensors");
     let o = Command::new(bin("dino-train"))
         .args([
