@@ -7,7 +7,10 @@ official code (train/tests/python/dino_model_reference.py: explicit attention, f
   torch_dino.py train [model flags] --data DIR --epochs 10 --max-steps 39 --workers 2
       real multi-crop training on an ImageFolder with torchvision transforms and DataLoader
       workers (the official DataAugmentationDINO), schedules of `--epochs` epochs, stopped
-      after `--max-steps` steps; one JSON line with images/s (data loading included)
+      after `--max-steps` steps; one JSON line with images/s (data loading included).
+      With --log-epochs, one JSON line per epoch with its mean loss (the official
+      MetricLogger average); with --knn-train/--knn-val, the teacher's weighted k-NN top-1
+      (k=20, T=0.07, native-size images) at the end: a seed sweep of the reference
 """
 import argparse
 import json
@@ -103,24 +106,59 @@ def bench_train(a):
     def multicrop(img):
         return [g1(img), g2(img)] + [loc(img) for _ in range(a.nlocal)]
 
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
+    random.seed(a.seed)
     ds = datasets.ImageFolder(a.data, transform=multicrop)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
                                          drop_last=True, persistent_workers=a.workers > 0)
     cfg = config(a, len(loader))
-    student, teacher, loss_fn, opt, sched = build(cfg, "cpu")
+    student, teacher, loss_fn, opt, sched = build(cfg, a.device)
     seen, t0 = 0, time.perf_counter()
     steps = a.epochs * len(loader) if a.max_steps <= 0 else min(a.max_steps, a.epochs * len(loader))
     for epoch in range(-(-steps // len(loader))):
+        losses = []
         for i, (images, _) in enumerate(loader):
             it = epoch * len(loader) + i
             if it >= steps:
                 break
-            train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, 3.0, 1)
+            images = [im.to(a.device, non_blocking=True) for im in images]
+            losses.append(train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, 3.0, 1))
             seen += a.batch
+        if a.log_epochs and losses:
+            mean = torch.stack(losses).mean().item()
+            print(json.dumps(dict(what="epoch", epoch=epoch + 1, loss=mean, seed=a.seed)), flush=True)
     secs = time.perf_counter() - t0
+    if a.knn_train:
+        top1 = knn_top1(teacher.backbone, a)
+        print(json.dumps(dict(what="knn", top1=top1, seed=a.seed)), flush=True)
     print(json.dumps(dict(what="train_epochs", steps=steps, images=seen, seconds=secs, images_per_s=seen / secs,
                           workers=a.workers, threads=a.threads)))
+
+
+@torch.no_grad()
+def knn_top1(backbone, a, k=20, t=0.07):
+    """Official weighted k-NN (eval_knn.knn_classifier) on L2-normalised CLS features of the
+    native-size images, top-1 in percent."""
+    from torchvision import datasets, transforms
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(a.mean, a.std)])
+    backbone.eval()
+
+    def features(root):
+        ds = datasets.ImageFolder(root, transform=tf)
+        loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=a.workers)
+        feats, labels = [], []
+        for x, y in loader:
+            feats.append(torch.nn.functional.normalize(backbone(x.to(a.device)), dim=1))
+            labels.append(y.to(a.device))
+        return torch.cat(feats), torch.cat(labels), len(ds.classes)
+
+    train_f, train_y, ncls = features(a.knn_train)
+    val_f, val_y, _ = features(a.knn_val)
+    sim, idx = (val_f @ train_f.T).topk(k, dim=1)
+    weights = (sim / t).exp()
+    votes = torch.zeros(len(val_f), ncls, device=a.device)
+    votes.scatter_add_(1, train_y[idx], weights)
+    return (votes.argmax(1) == val_y).float().mean().item() * 100
 
 
 def main():
@@ -148,6 +186,10 @@ def main():
     ap.add_argument("--data")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--log-epochs", action="store_true", help="train: mean loss of every epoch")
+    ap.add_argument("--knn-train", help="train: ImageFolder of k-NN train images (native size)")
+    ap.add_argument("--knn-val", help="train: ImageFolder of k-NN test images")
     ap.add_argument("--mean", type=float, nargs=3, default=[0.4914, 0.4822, 0.4465])
     ap.add_argument("--std", type=float, nargs=3, default=[0.2470, 0.2435, 0.2616])
     a = ap.parse_args()

@@ -21,8 +21,15 @@ fn sync(device: Device) {
     }
 }
 
-/// Steady-state images/s of the training step after `warmup` steps.
-pub fn bench_step(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<serde_json::Value> {
+/// Steady-state images/s of the training step after `warmup` steps. With `breakdown`, as
+/// many steps again synchronise after each part of the step and report the milliseconds of
+/// each (teacher + student forward with the loss, backward, clip + optimizer + EMA).
+pub fn bench_step(
+    cfg: &TrainConfig,
+    warmup: usize,
+    steps: usize,
+    breakdown: bool,
+) -> Result<serde_json::Value> {
     ensure!(steps > 0, "bench needs at least one timed step");
     let device = select_device(&cfg.device)?;
     // No loader runs here: the step gets every core, as in training without data workers.
@@ -49,6 +56,20 @@ pub fn bench_step(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<serd
     let loss = last.map_or(f64::NAN, |l| l.double_value(&[]));
     sync(device);
     let secs = t0.elapsed().as_secs_f64();
+    let mut parts = serde_json::Map::new();
+    if breakdown {
+        let mut t = Instant::now();
+        let mut record = |name: &'static str| {
+            sync(device);
+            let ms = t.elapsed().as_secs_f64() * 1e3 / steps as f64;
+            let e = parts.entry(format!("{name}_ms")).or_insert(json!(0.0));
+            *e = json!(e.as_f64().unwrap_or(0.0) + ms);
+            t = Instant::now();
+        };
+        for it in total..total + steps {
+            run.step_with_phases(&global, local.as_ref(), it % total, &mut record)?;
+        }
+    }
     Ok(json!({
         "what": "train_step",
         "device": format!("{device:?}"),
@@ -59,5 +80,6 @@ pub fn bench_step(cfg: &TrainConfig, warmup: usize, steps: usize) -> Result<serd
         "images_per_s": (steps * cfg.batch_size) as f64 / secs,
         "step_ms": secs * 1e3 / steps as f64,
         "final_loss": loss,
+        "breakdown": parts,
     }))
 }

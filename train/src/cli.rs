@@ -109,6 +109,10 @@ pub struct BenchArgs {
     /// Timed training steps.
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Then as many steps again, synchronising after each part of the step, and print the
+    /// milliseconds of each part (forward with the loss, backward, update).
+    #[arg(long)]
+    pub breakdown: bool,
 }
 
 #[derive(Debug)]

@@ -121,38 +121,35 @@ impl DinoLoss {
         let student = student_output.f_to_kind(Kind::Float)?;
         let teacher = teacher_output.f_to_kind(Kind::Float)?;
 
-        let student_out = student
+        let (n, d) = (self.cfg.ncrops as i64, self.cfg.out_dim as i64);
+        let b_rows = teacher.size()[0] / 2;
+        // One log-softmax over all views instead of one per (teacher, student) pair: with
+        // 12 crops and 65536 prototypes the per-pair form recomputes it 22 times.
+        let log_p = student
             .f_div_scalar(self.cfg.student_temp)?
-            .f_chunk(self.cfg.ncrops as i64, 0)?;
+            .f_log_softmax(-1, Kind::Float)?
+            .f_view([n, b_rows, d])?; // [views, B, out_dim]
         // Teacher centering and sharpening; no gradient flows to the teacher.
-        let teacher_out = self
+        let q = self
             .teacher_probs(&teacher, temp)?
             .f_detach()?
-            .f_chunk(2, 0)?;
+            .f_view([2, b_rows, d])?; // [2, B, out_dim]
 
-        let mut total: Option<Tensor> = None;
-        let mut n_loss_terms = 0i64;
-        for (iq, q) in teacher_out.iter().enumerate() {
-            for (v, s) in student_out.iter().enumerate() {
-                if v == iq {
-                    // Student and teacher saw the same view.
-                    continue;
-                }
-                let log_p = s.f_log_softmax(-1, Kind::Float)?;
-                let term = q
-                    .f_neg()?
-                    .f_mul(&log_p)?
-                    .f_sum_dim_intlist(-1, false, Kind::Float)?
-                    .f_mean(Kind::Float)?;
-                total = Some(match total {
-                    None => term,
-                    Some(t) => t.f_add(&term)?,
-                });
-                n_loss_terms += 1;
-            }
-        }
-        let total = total
-            .ok_or_else(|| AlgoError::LossShape("no (teacher, student) view pair".into()))?
+        // The sum over pairs (iq, v != iq) of <q_iq, log_p_v> is
+        // <q_0 + q_1, sum_v log_p_v> - <q_0, log_p_0> - <q_1, log_p_1>.
+        let all_pairs = q
+            .f_sum_dim_intlist(0, false, Kind::Float)?
+            .f_mul(&log_p.f_sum_dim_intlist(0, false, Kind::Float)?)?;
+        let same_view =
+            q.f_mul(&log_p.f_narrow(0, 0, 2)?)?
+                .f_sum_dim_intlist(0, false, Kind::Float)?;
+        let n_loss_terms = 2 * n - 2;
+        // Per-image cross-entropies, averaged over the batch as each official term is.
+        let total = all_pairs
+            .f_sub(&same_view)?
+            .f_sum_dim_intlist(-1, false, Kind::Float)?
+            .f_mean(Kind::Float)?
+            .f_neg()?
             .f_div_scalar(n_loss_terms)?;
         self.update_center(&teacher)?;
         Ok(total)

@@ -9,6 +9,9 @@ use dino_train::config::TrainConfig;
 use dino_train::{attention, bench, device, knn_eval, plot, trainer};
 
 fn main() {
+    if std::env::var_os("DINO_KEEP_DENORMALS").is_none() {
+        device::flush_denormals();
+    }
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -60,7 +63,10 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     let cfg = TrainConfig::resolve(a.train.config.as_deref(), &a.train.overrides)?;
-    println!("{}", bench::bench_step(&cfg, a.warmup, a.steps)?);
+    println!(
+        "{}",
+        bench::bench_step(&cfg, a.warmup, a.steps, a.breakdown)?
+    );
     Ok(())
 }
 

@@ -78,6 +78,19 @@ impl DinoStep {
 
     /// Global iteration `it` on crops `global` `[2b, 3, g, g]` and `local` `[n*b, 3, l, l]`.
     pub fn step(&mut self, global: &Tensor, local: Option<&Tensor>, it: usize) -> Result<StepOut> {
+        self.step_with_phases(global, local, it, &mut |_| {})
+    }
+
+    /// [`DinoStep::step`], calling `phase` after each of its parts (`"forward"`,
+    /// `"backward"`, `"update"`): `dino-train bench --breakdown` synchronises there to see
+    /// where the time of a step goes.
+    pub fn step_with_phases(
+        &mut self,
+        global: &Tensor,
+        local: Option<&Tensor>,
+        it: usize,
+        phase: &mut dyn FnMut(&'static str),
+    ) -> Result<StepOut> {
         let v = self.schedules.at(it)?;
         let epoch = v.epoch;
         let (student, teacher, dino_loss) = (&self.student, &self.teacher, &mut self.loss);
@@ -89,6 +102,7 @@ impl DinoStep {
             (dino_loss.forward(&s, &t, epoch), t)
         });
         let loss = loss?;
+        phase("forward");
         self.optimizer.zero_grad();
         let finite = match self.scaler.as_mut() {
             None => {
@@ -102,6 +116,7 @@ impl DinoStep {
                 finite
             }
         };
+        phase("backward");
         // A float16 overflow skips the update, as GradScaler.step does.
         if finite {
             if self.clip_grad > 0.0 {
@@ -112,6 +127,7 @@ impl DinoStep {
             self.optimizer.step(v.lr, v.wd, &cancelled)?;
         }
         self.ema.update(v.momentum)?;
+        phase("update");
         Ok(StepOut {
             loss: loss.detach(),
             teacher_out,

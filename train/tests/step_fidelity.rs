@@ -15,8 +15,8 @@
 //! generators and cannot be matched.
 //!
 //! Tolerances: every step's loss within 1e-5 relative; student, teacher and centre after the
-//! last step within 1e-4 max-abs. They absorb the float-order differences of fused attention
-//! (SDPA here, explicit softmax in the reference) and matmul blocking, nothing more.
+//! last step within 1e-4 max-abs. They absorb float-order differences (the fused drop-path
+//! residual, matmul blocking), nothing more.
 
 mod algo_common;
 
