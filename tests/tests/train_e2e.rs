@@ -28,23 +28,39 @@ fn ok(o: &Output) -> String {
 
 #[test]
 fn resume_gives_the_same_teacher_as_an_uninterrupted_run() {
-    let dir = scratch("resume");
+    exact_resume("resume", &[]);
+}
+
+/// The same with jitter/blur/... as batched tensor ops after the upload (here on CPU).
+#[test]
+fn resume_is_exact_with_the_device_photometric_stage() {
+    exact_resume("resume-photo", &["--photometric", "device"]);
+}
+
+fn exact_resume(name: &str, extra: &[&str]) {
+    let dir = scratch(name);
     let data = cifar_train(&dir, 6);
     let cfg = write_config(&dir);
-    ok(&train(&cfg, &data, &dir.join("straight"), &[]));
+    let with = |args: &[&'static str]| -> Vec<&str> { args.iter().chain(extra).copied().collect() };
+    ok(&train(&cfg, &data, &dir.join("straight"), &with(&[])));
     let stopped = ok(&train(
         &cfg,
         &data,
         &dir.join("split"),
-        &["--stop-after", "1"],
+        &with(&["--stop-after", "1"]),
     ));
     assert!(stopped.contains("--resume"), "{stopped}");
     assert!(!dir.join("split/teacher.safetensors").exists());
     // Without --resume an existing run is never overwritten.
-    let refused = train(&cfg, &data, &dir.join("split"), &[]);
+    let refused = train(&cfg, &data, &dir.join("split"), &with(&[]));
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--resume"));
-    ok(&train(&cfg, &data, &dir.join("split"), &["--resume"]));
+    ok(&train(
+        &cfg,
+        &data,
+        &dir.join("split"),
+        &with(&["--resume"]),
+    ));
 
     let a = StFile::read(&dir.join("straight/teacher.safetensors")).unwrap();
     let b = StFile::read(&dir.join("split/teacher.safetensors")).unwrap();

@@ -3,11 +3,22 @@
 //!
 //! `cargo run --release -p dino-train --example data_bench -- --root DIR --global 32
 //!  --local 16 --n-local 6 --threads 1 --batch 64 --samples 5000`
+//!
+//! `--photometric-device [--device cuda|cpu] [--iters N]` times the batched photometric
+//! stage alone (`data::device_photometric`) on synthetic uint8 crops already on the device
+//! (default 2 x 224 + 10 x 96 per sample, batch 256), and the CPU `color.rs` path per view
+//! on one thread for comparison.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use dino_train::data::{AugmentConfig, ImageDataset, Loader, LoaderConfig, Verify};
+use dino_train::data::augment::apply_photometric;
+use dino_train::data::color::Normalizer;
+use dino_train::data::{
+    AugmentConfig, DevicePhotometric, ImageDataset, Loader, LoaderConfig, MultiCrop,
+    PhotometricParams, SampleRng, Verify,
+};
+use tch::{Device, Kind, Tensor};
 
 /// CPU seconds used by this process (all threads), from `/proc/self/stat` (Linux; USER_HZ
 /// is 100 there). `None` elsewhere.
@@ -31,6 +42,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let num = |k: &str, d: &str| -> Result<usize, String> {
         get(k, d).parse().map_err(|e| format!("{k}: {e}"))
     };
+    if args.iter().any(|a| a == "--photometric-device") {
+        let device = match get("--device", "auto").as_str() {
+            "cpu" => Device::Cpu,
+            "auto" => Device::cuda_if_available(),
+            _ => Device::Cuda(0),
+        };
+        return photometric_bench(
+            device,
+            num("--batch", "256")?,
+            (num("--global", "224")?, num("--local", "96")?),
+            num("--n-local", "10")?,
+            num("--iters", "10")?,
+        );
+    }
     let root = get("--root", "../shared/data/cifar10-mini/train");
     let aug = AugmentConfig {
         global_size: num("--global", "32")?,
@@ -76,6 +101,114 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{{\"impl\": \"dino-rs\", \"threads\": {}, \"samples\": {done}, \"seconds\": {secs:.3}, \"cpu_seconds\": {cpu:.3}, \"samples_per_s\": {:.1}, \"checksum\": {checksum:.3}}}",
         loader.num_threads(),
         done as f64 / secs
+    );
+    Ok(())
+}
+
+/// Synthetic crops (a smooth gradient plus noise, so every op has work to do) and the
+/// parameters the real augmentation samples for them.
+fn synthetic(
+    aug: &MultiCrop,
+    batch: usize,
+    views: std::ops::Range<usize>,
+    size: usize,
+) -> (Vec<u8>, Vec<PhotometricParams>) {
+    let mut params = Vec::new();
+    for k in views.clone() {
+        for i in 0..batch {
+            let mut rng = SampleRng::for_sample(0, 0, i as u64);
+            params.push(aug.sample_views(&mut rng, (500, 375))[k].photo);
+        }
+    }
+    let mut rng = SampleRng::for_sample(1, 0, 0);
+    let plane = size * size;
+    let bytes = (0..params.len() * 3 * plane)
+        .map(|j| {
+            let (c, p) = ((j / plane) % 3, j % plane);
+            let ramp = (p % size + p / size + 40 * c) as u64;
+            ((ramp + rng.below(48)) % 256) as u8
+        })
+        .collect();
+    (bytes, params)
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn photometric_bench(
+    device: Device,
+    batch: usize,
+    (g, l): (usize, usize),
+    n_local: usize,
+    iters: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let cfg = AugmentConfig {
+        global_size: g,
+        local_size: l,
+        n_local,
+        ..AugmentConfig::default()
+    };
+    let aug = MultiCrop::new(cfg.clone())?;
+    let dp = DevicePhotometric::new(cfg.mean, cfg.std, device);
+    let sets = [
+        (synthetic(&aug, batch, 0..2, g), g),
+        (synthetic(&aug, batch, 2..2 + n_local, l), l),
+    ];
+    // Crops already on the device: this times the photometric stage alone.
+    let crops: Vec<Tensor> = sets
+        .iter()
+        .map(|((bytes, p), s)| {
+            let s = *s as i64;
+            Tensor::from_slice(bytes)
+                .view([p.len() as i64, 3, s, s])
+                .to_device(device)
+        })
+        .collect();
+    let run = || -> Result<f64, Box<dyn std::error::Error>> {
+        let mut check = Tensor::zeros([], (Kind::Float, device));
+        for (c, ((_, p), _)) in crops.iter().zip(&sets) {
+            check += dp.apply(c, p)?.mean(Kind::Float);
+        }
+        Ok(check.double_value(&[]))
+    };
+    run()?; // warm-up (allocator, kernels)
+    sync(device);
+    let t = Instant::now();
+    let mut checksum = 0.0;
+    for _ in 0..iters {
+        checksum += run()?;
+    }
+    sync(device);
+    let secs = t.elapsed().as_secs_f64() / iters as f64;
+    // The CPU color.rs path on one thread, over a sample of the same views.
+    let norm = Normalizer::new(cfg.mean, cfg.std);
+    let (mut cpu_secs, mut cpu_views) = (0.0, 0usize);
+    for ((bytes, params), size) in &sets {
+        let plane = size * size;
+        let take = params.len().min(64);
+        let mut out = vec![0f32; 3 * plane];
+        let mut scratch = Vec::new();
+        let t = Instant::now();
+        for (k, p) in params.iter().take(take).enumerate() {
+            let chw = &bytes[k * 3 * plane..(k + 1) * 3 * plane];
+            let mut hwc: Vec<u8> = (0..plane)
+                .flat_map(|i| [chw[i], chw[plane + i], chw[2 * plane + i]])
+                .collect();
+            apply_photometric(&mut hwc, *size, p, &mut scratch);
+            norm.to_chw(&hwc, &mut out);
+        }
+        // Scaled to the batch's view count at this size.
+        cpu_secs += t.elapsed().as_secs_f64() * params.len() as f64 / take as f64;
+        cpu_views += params.len();
+    }
+    println!(
+        "{{\"impl\": \"dino-rs\", \"stage\": \"photometric\", \"device\": \"{device:?}\", \"batch\": {batch}, \"global\": {g}, \"local\": {l}, \"n_local\": {n_local}, \"views\": {cpu_views}, \"seconds_per_batch\": {secs:.5}, \"samples_per_s\": {:.1}, \"cpu_1thread_seconds_per_batch\": {cpu_secs:.4}, \"cpu_1thread_samples_per_s\": {:.1}, \"checksum\": {:.4}}}",
+        batch as f64 / secs,
+        batch as f64 / cpu_secs,
+        checksum / iters as f64
     );
     Ok(())
 }

@@ -65,6 +65,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub num_workers: usize,
     pub device: String,
+    /// Where jitter/grayscale/blur/solarize/normalisation run: `auto` (the training device
+    /// on CUDA, the data workers on CPU), `cpu` or `device`.
+    pub photometric: String,
     /// Steps between metric read-backs (a host sync on CUDA).
     pub log_freq: usize,
     // k-NN evaluation during training (off when `knn_freq` is 0).
@@ -125,6 +128,7 @@ impl Default for TrainConfig {
             seed: 0,
             num_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             device: "auto".into(),
+            photometric: "auto".into(),
             log_freq: 10,
             knn_freq: 0,
             knn_train: None,
@@ -235,6 +239,10 @@ pub const OPTIONS: &[(&str, &str)] = &[
         "device",
         "auto | cpu | cuda | cuda:N (auto: CUDA when present)",
     ),
+    (
+        "photometric",
+        "auto | cpu | device: where colour jitter, grayscale, blur, solarize and normalisation run (auto: device on CUDA, cpu on CPU)",
+    ),
     ("log_freq", "steps between metric read-backs and log lines"),
     (
         "knn_freq",
@@ -301,6 +309,12 @@ impl TrainConfig {
             if !(0.0 < s[0] && s[0] <= s[1] && s[1] <= 1.0) {
                 bail!("{name} {s:?}: expected 0 < min <= max <= 1");
             }
+        }
+        if !["auto", "cpu", "device"].contains(&self.photometric.as_str()) {
+            bail!(
+                "photometric `{}`: expected auto, cpu or device",
+                self.photometric
+            );
         }
         if self.knn_freq > 0 && (self.knn_train.is_none() || self.knn_val.is_none()) {
             bail!("knn_freq > 0 needs knn_train and knn_val");

@@ -15,7 +15,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
-use crate::data::{AugmentConfig, ImageDataset, Loader, LoaderConfig, MultiCropBatch, Verify};
+use crate::data::{
+    AugmentConfig, DevicePhotometric, ImageDataset, Loader, LoaderConfig, MultiCropBatch,
+    Photometric, Verify,
+};
 use crate::device::select_device;
 use crate::loss::max_entropy;
 use crate::metrics::{self, EpochRow, MetricsLog, Row, StepRow};
@@ -67,9 +70,16 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     for s in dataset.skipped() {
         eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
     }
+    let photometric = photometric_mode(cfg, device);
+    // With the photometric stage on the device the workers only decode, crop and resize.
+    let device_photo = (photometric == Photometric::Deferred)
+        .then(|| DevicePhotometric::new(cfg.mean, cfg.std, device));
     let loader = Loader::new(
         dataset.clone(),
-        augment_config(cfg),
+        AugmentConfig {
+            photometric,
+            ..augment_config(cfg)
+        },
         LoaderConfig {
             batch_size: cfg.batch_size,
             num_workers: cfg.num_workers,
@@ -123,7 +133,10 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         for (i, batch) in loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             let it = epoch * niter + i;
-            let (global, local) = to_device(&batch, device);
+            let (global, local) = match &device_photo {
+                Some(dp) => photometric_on_device(&batch, dp)?,
+                None => to_device(&batch, device),
+            };
             let StepOut {
                 loss,
                 teacher_out,
@@ -312,6 +325,38 @@ pub fn augment_config(cfg: &TrainConfig) -> AugmentConfig {
         std: cfg.std,
         ..AugmentConfig::default()
     }
+}
+
+/// Where the photometric augmentation runs for `cfg.photometric` (validated) on `device`.
+pub fn photometric_mode(cfg: &TrainConfig, device: Device) -> Photometric {
+    match cfg.photometric.as_str() {
+        "device" => Photometric::Deferred,
+        "auto" if device.is_cuda() => Photometric::Deferred,
+        _ => Photometric::Cpu,
+    }
+}
+
+/// Uploads the raw `u8` crops (pinned, asynchronous on CUDA) and runs the photometric stage
+/// there: `[2b, 3, g, g]` and `[n*b, 3, l, l]` normalised `f32`, as [`to_device`] gives.
+fn photometric_on_device(
+    b: &MultiCropBatch,
+    dp: &DevicePhotometric,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let raw = b
+        .raw
+        .as_ref()
+        .context("the loader returned no raw crops for the device photometric stage")?;
+    let n = b.batch_size as i64;
+    let (g, l) = (b.global_size as i64, b.local_size as i64);
+    let up = |v: &[u8], shape: [i64; 4]| dp.upload(Tensor::from_slice(v).view(shape));
+    let global = dp.apply(&up(&raw.global, [2 * n, 3, g, g])?, &raw.global_params)?;
+    let local = if b.n_local > 0 {
+        let crops = up(&raw.local, [b.n_local as i64 * n, 3, l, l])?;
+        Some(dp.apply(&crops, &raw.local_params)?)
+    } else {
+        None
+    };
+    Ok((global, local))
 }
 
 /// `[2b, 3, g, g]` and `[n*b, 3, l, l]` on the device.

@@ -264,11 +264,28 @@ fn box_line(inp: &[u8], out: &mut [u8], radius: usize, w: (u32, u32)) {
     }
 }
 
-/// Three box passes along every row of a `w x h` image, ping-ponging with `tmp`.
-fn blur_rows(px: &mut [u8], tmp: &mut [u8], w: usize, radius: f32) {
+/// The fixed-point taps of one box pass of `GaussianBlur(radius = sigma)`: the integer
+/// radius `r`, the weight `ww` of the `2r + 1` pixels of the box and the weight `fw` of the
+/// two pixels just outside it (out of `1 << 24`). `None` when Pillow leaves the image as is.
+/// Shared with the batched device path so both build the very same kernel.
+pub fn box_blur_taps(sigma: f32) -> Option<(usize, u32, u32)> {
+    if sigma <= 0.0 {
+        return None;
+    }
+    let radius = box_radius(sigma, 3);
+    (radius != 0.0).then(|| box_weights(radius))
+}
+
+fn box_weights(radius: f32) -> (usize, u32, u32) {
     let r = radius as usize;
     let ww = (16_777_216.0f32 / (radius * 2.0 + 1.0)) as u32;
     let fw = ((1u32 << 24) - (r as u32 * 2 + 1) * ww) / 2;
+    (r, ww, fw)
+}
+
+/// Three box passes along every row of a `w x h` image, ping-ponging with `tmp`.
+fn blur_rows(px: &mut [u8], tmp: &mut [u8], w: usize, radius: f32) {
+    let (r, ww, fw) = box_weights(radius);
     for (row, trow) in px.chunks_exact_mut(3 * w).zip(tmp.chunks_exact_mut(3 * w)) {
         box_line(row, trow, r, (ww, fw));
         box_line(trow, row, r, (ww, fw));

@@ -30,6 +30,7 @@
 pub mod augment;
 pub mod color;
 mod dataset;
+pub mod device_photometric;
 mod loader;
 mod rng;
 
@@ -40,6 +41,7 @@ use dino_core::config::{IMAGENET_MEAN, IMAGENET_STD};
 
 pub use augment::{ColorJitterParams, CropBox, JitterOp, MultiCrop, PhotometricParams, ViewParams};
 pub use dataset::{ImageDataset, SkippedFile, Verify};
+pub use device_photometric::DevicePhotometric;
 pub use loader::{EpochBatches, Loader};
 pub use rng::SampleRng;
 
@@ -62,6 +64,9 @@ pub enum DataError {
     Config(String),
     #[error("{path}: {why}")]
     Image { path: PathBuf, why: String },
+    /// A tensor op of the device photometric stage failed (e.g. out of device memory).
+    #[error("device photometric stage: {0}")]
+    Tensor(#[from] tch::TchError),
 }
 
 /// Where the photometric half of the augmentation (jitter, grayscale, blur, solarize,
