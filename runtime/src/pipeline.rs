@@ -1,5 +1,7 @@
 //! Batched embedding of image files: decoding and preprocessing of the next batch (in
-//! parallel, on a producer thread) overlap with inference of the current one.
+//! parallel, on a producer thread) overlap with inference of the current one. On the CPU a
+//! batch is run in slices of [`crate::model::CPU_RUN_BATCH`] images, which bounds ONNX
+//! Runtime's activation memory; the embeddings are the same as in one run.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -95,23 +97,30 @@ pub fn embed_paths(
     let eval = model.info.eval.clone();
     let batch_size = opts.batch_size.max(1);
     std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<Batch>(1);
+        // A rendezvous channel: the producer prepares the next batch while this one runs and
+        // hands it over when the model is free, so two batch buffers are alive, not three.
+        let (tx, rx) = sync_channel::<Batch>(0);
         let (back_tx, back_rx) = sync_channel::<Vec<f32>>(2);
         scope.spawn(move || produce(paths, len, batch_size, &eval, tx, back_rx));
         for batch in rx {
             for (i, e) in batch.failed {
                 sink(i, Err(e));
             }
-            let n = batch.indices.len();
-            if n > 0 {
-                let out = model.run(&batch.data, n, &[OUTPUT_EMBEDDING])?;
-                let emb = &out[0];
-                let dim = emb.data.len() / n;
-                let mut v = emb.data.clone();
+            // The batch runs in slices of at most `run_batch` images (see CPU_RUN_BATCH).
+            let step = model.run_batch().clamp(1, batch.indices.len().max(1));
+            for (indices, rows) in batch
+                .indices
+                .chunks(step)
+                .zip(batch.data.chunks(step * len))
+            {
+                let n = indices.len();
+                let out = model.run(rows, n, &[OUTPUT_EMBEDDING])?;
+                let mut v = out.into_iter().next().map(|o| o.data).unwrap_or_default();
+                let dim = v.len() / n;
                 if opts.normalize {
                     l2_normalize_rows(&mut v, dim);
                 }
-                for (row, &i) in v.chunks_exact(dim).zip(&batch.indices) {
+                for (row, &i) in v.chunks_exact(dim).zip(indices) {
                     sink(i, Ok(row.to_vec()));
                 }
             }
