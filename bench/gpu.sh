@@ -36,6 +36,7 @@ if [[ $DRY == 1 ]]; then
     STEPS=(--warmup 1 --steps 2)
     REF_STEPS=(--warmup 1 --steps 2)
     PIPE=(--global 64 --local 32 --n-local 2 --threads 2 --batch 8 --samples 32)
+    PHOTO=(--global 64 --local 32 --n-local 2 --batch 4 --iters 1)
     KNN_EPOCHS=(--depth 1 --batch_size 32 --out_dim 256 --head_hidden_dim 64)
     N_SYN=40
 else
@@ -46,6 +47,7 @@ else
     STEPS=(--warmup 5 --steps 20)
     REF_STEPS=(--warmup 5 --steps 20)
     PIPE=(--global 224 --local 96 --n-local 10 --threads "$(nproc)" --batch 64 --samples 4000)
+    PHOTO=(--global 224 --local 96 --n-local 10 --batch 256 --iters 10)
     KNN_EPOCHS=()
     N_SYN=1000
 fi
@@ -98,6 +100,11 @@ BATCH=256
 [[ $DRY == 1 ]] && BATCH=4
 step_row dino-rs "$BATCH" dino_step
 step_row pytorch-reference "$BATCH" ref_step
+# Where dino-train's step time goes: as many steps again, synchronised after each part.
+"$BIN/dino-train" bench "${MODEL[@]}" --device "$DEVICE" "${STEPS[@]}" --batch_size "$BATCH" \
+    --breakdown 2>/dev/null | "$PY" -c 'import json, sys
+row = json.loads(sys.stdin.read().strip().splitlines()[-1])
+print(json.dumps(dict(who="dino-rs step breakdown", **{k: round(v, 1) for k, v in row["breakdown"].items()})))' >>"$ROWS"
 
 # The data pipeline alone, on JPEGs of ImageNet-like size made here (no dataset needed).
 SYN="$OUT/synthetic"
@@ -114,9 +121,15 @@ for i in range(n):
     img = np.stack([np.sin(xx * f[c] + yy * f[(c + 1) % 3] + i) for c in range(3)], -1)
     Image.fromarray(((img + 1) * 127.5).astype(np.uint8)).save(root / f"{i:05d}.jpg", quality=90)
 EOF
-"$DATA_BENCH" --root "$SYN" "${PIPE[@]}" | "$PY" -c '
-import json, sys
-row = json.loads(sys.stdin.read()); row.update(who="dino-rs data pipeline"); print(json.dumps(row))' >>"$ROWS"
+label() {
+    "$PY" -c 'import json, sys
+row = json.loads(sys.stdin.read().strip().splitlines()[-1]); row.update(who=sys.argv[1]); print(json.dumps(row))' "$1"
+}
+"$DATA_BENCH" --root "$SYN" "${PIPE[@]}" | label "dino-rs data pipeline, all on the CPU" >>"$ROWS"
+# Training on CUDA keeps decode + crop + resize on the CPU and runs the photometric part as
+# batched tensor ops on the GPU (photometric = "auto"): each half alone.
+"$DATA_BENCH" --root "$SYN" "${PIPE[@]}" --deferred | label "dino-rs data pipeline, CPU side (decode, crop, resize)" >>"$ROWS"
+"$DATA_BENCH" --photometric-device --device "$DEVICE" "${PHOTO[@]}" | label "dino-rs photometric stage on the $DEVICE" >>"$ROWS"
 
 # k-NN smoke check: one epoch of cifar-tiny on the device, then the teacher's k-NN.
 RUN="$OUT/knn-run"

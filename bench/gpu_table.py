@@ -20,6 +20,12 @@ for r in rows:
         print(f"| {who}: training step | {r['batch_size']} | {r['images_per_s']:.1f} img/s | "
               f"{r['step_ms']:.1f} | {r.get('peak_gpu_mib')} | {r.get('precision', '')}, "
               f"final loss {r.get('final_loss', float('nan')):.3f} |")
+    elif "forward_ms" in r:
+        print(f"| {who} | | | | | forward + loss {r['forward_ms']} ms, backward {r['backward_ms']} ms, "
+              f"clip + optimizer + EMA {r['update_ms']} ms |")
+    elif r.get("stage") == "photometric":
+        print(f"| {who} | {r['batch']} | {r['samples_per_s']:.1f} samples/s | "
+              f"{r['seconds_per_batch'] * 1e3:.1f} | | batched tensor ops, {r['views']} views per batch |")
     elif "top1" in r:
         print(f"| {who} | | | | | top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% |")
     else:

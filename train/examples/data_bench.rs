@@ -4,6 +4,9 @@
 //! `cargo run --release -p dino-train --example data_bench -- --root DIR --global 32
 //!  --local 16 --n-local 6 --threads 1 --batch 64 --samples 5000`
 //!
+//! `--deferred` leaves the photometric part out (`Photometric::Deferred`, as training with
+//! `photometric = "device"` does): the CPU side alone, decode + crop + resize.
+//!
 //! `--photometric-device [--device cuda|cpu] [--iters N]` times the batched photometric
 //! stage alone (`data::device_photometric`) on synthetic uint8 crops already on the device
 //! (default 2 x 224 + 10 x 96 per sample, batch 256), and the CPU `color.rs` path per view
@@ -15,7 +18,7 @@ use std::time::Instant;
 use dino_train::data::augment::apply_photometric;
 use dino_train::data::color::Normalizer;
 use dino_train::data::{
-    AugmentConfig, DevicePhotometric, ImageDataset, Loader, LoaderConfig, MultiCrop,
+    AugmentConfig, DevicePhotometric, ImageDataset, Loader, LoaderConfig, MultiCrop, Photometric,
     PhotometricParams, SampleRng, Verify,
 };
 use tch::{Device, Kind, Tensor};
@@ -61,6 +64,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         global_size: num("--global", "32")?,
         local_size: num("--local", "16")?,
         n_local: num("--n-local", "6")?,
+        photometric: if args.iter().any(|a| a == "--deferred") {
+            Photometric::Deferred
+        } else {
+            Photometric::Cpu
+        },
         ..AugmentConfig::default()
     };
     let (threads, batch, samples) = (
@@ -68,6 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         num("--batch", "64")?,
         num("--samples", "5000")?,
     );
+    let aug_photometric = aug.photometric;
     let ds = Arc::new(ImageDataset::open(root.as_ref(), Verify::Header)?);
     let cfg = LoaderConfig {
         batch_size: batch,
@@ -85,7 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     'outer: for epoch in 0.. {
         for b in loader.epoch(epoch) {
             let b = b?;
-            checksum += b.global[0] as f64 + b.local.first().copied().unwrap_or(0.0) as f64;
+            checksum += match &b.raw {
+                Some(r) => r.global[0] as f64 + r.local.first().copied().unwrap_or(0) as f64,
+                None => b.global[0] as f64 + b.local.first().copied().unwrap_or(0.0) as f64,
+            };
             done += b.batch_size;
             if done >= samples {
                 break 'outer;
@@ -98,7 +110,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(b, a)| b - a)
         .unwrap_or(f64::NAN);
     println!(
-        "{{\"impl\": \"dino-rs\", \"threads\": {}, \"samples\": {done}, \"seconds\": {secs:.3}, \"cpu_seconds\": {cpu:.3}, \"samples_per_s\": {:.1}, \"checksum\": {checksum:.3}}}",
+        "{{\"impl\": \"dino-rs\", \"photometric\": \"{:?}\", \"threads\": {}, \"samples\": {done}, \"seconds\": {secs:.3}, \"cpu_seconds\": {cpu:.3}, \"samples_per_s\": {:.1}, \"checksum\": {checksum:.3}}}",
+        aug_photometric,
         loader.num_threads(),
         done as f64 / secs
     );
