@@ -45,11 +45,14 @@ pub struct DevicePhotometric {
 
 /// The parameters of one call, packed on the host.
 struct Packed {
-    /// `n` rows of `cols` values, then the hue view indices of rounds 0..4.
+    /// `n` rows of `cols` values, then the hue view indices of rounds 0..4, then the
+    /// indices of the views that blur.
     data: Vec<f32>,
     cols: i64,
     /// Length of the blur kernel of one pass (0 when no view blurs).
     taps: i64,
+    /// How many views blur (only those are convolved).
+    blurred: usize,
     hue_rounds: [usize; 4],
     /// Per round: some view blends with the mean luma / with the pixel luma / at all.
     luma_rounds: [(bool, bool, bool); 4],
@@ -111,7 +114,14 @@ fn pack(params: &[PhotometricParams]) -> Packed {
     }
     let hue_rounds = std::array::from_fn(|r| hue[r].len());
     data.extend(hue.iter().flatten());
+    let before = data.len();
+    data.extend(
+        (0..blur.len())
+            .filter(|&k| blur[k].is_some())
+            .map(|k| k as f32),
+    );
     Packed {
+        blurred: data.len() - before,
         data,
         cols: cols as i64,
         taps: taps as i64,
@@ -211,18 +221,25 @@ impl DevicePhotometric {
             x = self.luma(&x)?.f_expand_as(&x)?.f_where_self(&gray, &x)?;
         }
         if p.taps > 0 {
+            // Only the views that blur are convolved (the second global view blurs with
+            // p = 0.1, local views with p = 0.5).
+            let idx = all
+                .f_narrow(0, hue_at, p.blurred as i64)?
+                .f_to_kind(Kind::Int64)?;
+            let m = p.blurred as i64;
             // In f64, where every product and sum of the 24-bit fixed-point taps is exact:
             // the taps are often thirds or sixths, so exact .5 ties are common and must round
             // as Pillow's integer arithmetic does.
             let k = rows
+                .f_index_select(0, &idx)?
                 .f_narrow(1, TAPS, p.taps)?
                 .f_to_kind(Kind::Double)?
                 .f_unsqueeze(1)?
-                .f_expand([n, 3, p.taps], false)?; // [n, 3, taps]
-            let y = x.f_to_kind(Kind::Double)?;
-            let y = box_blur(&y, &k.f_reshape([3 * n, 1, 1, p.taps])?, [1, 1, 0, 0])?;
-            let y = box_blur(&y, &k.f_reshape([3 * n, 1, p.taps, 1])?, [0, 0, 1, 1])?;
-            x = y.f_to_kind(Kind::Float)?;
+                .f_expand([m, 3, p.taps], false)?; // [m, 3, taps]
+            let y = x.f_index_select(0, &idx)?.f_to_kind(Kind::Double)?;
+            let y = box_blur(&y, &k.f_reshape([3 * m, 1, 1, p.taps])?, [1, 1, 0, 0])?;
+            let y = box_blur(&y, &k.f_reshape([3 * m, 1, p.taps, 1])?, [0, 0, 1, 1])?;
+            x = x.f_index_copy(0, &idx, &y.f_to_kind(Kind::Float)?)?;
         }
         if p.any_solarize {
             let on = col(SOLARIZE)?.f_gt(0.5)?.f_logical_and(&x.f_ge(128.0)?)?;
