@@ -85,6 +85,21 @@ impl EmaPairs {
         Self::new(teacher.variables(), student.variables())
     }
 
+    /// The pairs reordered by `key` of the student's name and tensor (stable: ties stay in
+    /// name order). The order is that of the flat buffers [`FlatEma`] builds; the optimizer
+    /// wants its segments contiguous there (see [`crate::optim::flat_order_key`]).
+    pub fn ordered_by<K: Ord>(self, key: impl Fn(&str, &Tensor) -> K) -> Self {
+        let mut order: Vec<usize> = (0..self.names.len()).collect();
+        order.sort_by_key(|&i| key(&self.names[i], &self.student[i]));
+        let pick =
+            |v: &[Tensor]| -> Vec<Tensor> { order.iter().map(|&i| v[i].shallow_clone()).collect() };
+        Self {
+            names: order.iter().map(|&i| self.names[i].clone()).collect(),
+            teacher: pick(&self.teacher),
+            student: pick(&self.student),
+        }
+    }
+
     pub fn names(&self) -> &[String] {
         &self.names
     }
@@ -164,6 +179,11 @@ impl FlatEma {
 
     pub fn pairs(&self) -> &EmaPairs {
         &self.pairs
+    }
+
+    /// The student's flat buffer (every student tensor is a view of it).
+    pub fn student_flat(&self) -> &Tensor {
+        &self.student_flat
     }
 
     /// One EMA step with momentum `m` on the whole network.

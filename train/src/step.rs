@@ -10,7 +10,7 @@ use crate::device::Precision;
 use crate::ema::{EmaPairs, FlatEma};
 use crate::loss::{DinoLoss, DinoLossConfig};
 use crate::model::DinoNet;
-use crate::optim::{Optimizer, get_params_groups};
+use crate::optim::{Optimizer, flat_order_key, get_params_groups};
 use crate::scaler::GradScaler;
 use crate::schedule::{ScheduleConfig, Schedules, StepValues};
 
@@ -23,7 +23,7 @@ pub struct DinoStep {
     pub precision: Precision,
     params: Vec<(String, Tensor)>,
     /// Teacher and student each in one flat buffer: the EMA is three kernels, not three per
-    /// parameter.
+    /// parameter, and AdamW a few per segment of the student's buffer.
     ema: FlatEma,
     scaler: Option<GradScaler>,
     clip_grad: f64,
@@ -45,7 +45,7 @@ impl DinoStep {
         let student = DinoNet::new(&cfg.vit()?, &cfg.head(), device);
         let teacher = DinoNet::teacher_of(&student, device);
         let params = student.trainable();
-        let optimizer = Optimizer::new(
+        let mut optimizer = Optimizer::new(
             cfg.optimizer.parse()?,
             get_params_groups(student.trainable()),
         );
@@ -57,10 +57,15 @@ impl DinoStep {
         loss_cfg.student_temp = cfg.student_temp;
         loss_cfg.center_momentum = cfg.center_momentum;
         let loss = DinoLoss::new(loss_cfg, device)?;
-        let ema = FlatEma::new(EmaPairs::new(
-            teacher.trainable_and_frozen(),
-            student.trainable_and_frozen(),
-        )?)?;
+        let ema = FlatEma::new(
+            EmaPairs::new(
+                teacher.trainable_and_frozen(),
+                student.trainable_and_frozen(),
+            )?
+            .ordered_by(flat_order_key),
+        )?;
+        // AdamW's segments are contiguous ranges of the student's buffer (SGD, LARS: no-op).
+        optimizer.use_flat_buffer(ema.student_flat())?;
         Ok(Self {
             student,
             teacher,

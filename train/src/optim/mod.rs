@@ -7,7 +7,13 @@
 //! single-tensor code path, the one it takes on CPU), so that a step on CPU matches
 //! `torch.optim.AdamW` to a unit or so in the last place. State is kept per parameter and
 //! exported under `"{param_name}.{key}"` names, torch's own state keys, for checkpoints and
-//! exact resume.
+//! exact resume. AdamW can run over flat buffers instead ([`Optimizer::use_flat_buffer`],
+//! module `flat`), with the same values and the same exported state.
+
+mod flat;
+mod update;
+
+pub use flat::flat_order_key;
 
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
@@ -16,6 +22,7 @@ use tch::Tensor;
 
 use crate::algo_error::AlgoError;
 use crate::clip::CancelledGrads;
+use update::{adamw_update, init_state, lars_update, sgd_update};
 
 /// The trainable variables of a var store as `(name, tensor)`, sorted by name so that every
 /// run iterates them in the same order.
@@ -132,6 +139,8 @@ pub struct Optimizer {
     kind: OptimizerKind,
     slots: Vec<Slot>,
     step_count: i64,
+    /// AdamW over flat buffers, once [`Optimizer::use_flat_buffer`] accepted a layout.
+    flat: Option<flat::FlatAdamW>,
 }
 
 impl Optimizer {
@@ -155,7 +164,34 @@ impl Optimizer {
             kind,
             slots,
             step_count: 0,
+            flat: None,
         }
+    }
+
+    /// Runs AdamW segment-wise over `flat`, the 1-D buffer the parameters are views of
+    /// ([`crate::ema::share_one_buffer`], ordered by [`flat_order_key`]): a few kernels per
+    /// segment instead of ~10 per parameter, same values. Returns whether the layout applies;
+    /// if not (another optimizer, a parameter outside `flat`, a segment not contiguous) the
+    /// per-parameter path stays. Existing state moves into the flat moments.
+    pub fn use_flat_buffer(&mut self, flat: &Tensor) -> Result<bool, AlgoError> {
+        if self.kind != OptimizerKind::AdamW {
+            return Ok(false);
+        }
+        let Some(f) = flat::FlatAdamW::new(flat, &self.slots)? else {
+            return Ok(false);
+        };
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if !s.state.is_empty() {
+                s.state = f.adopt(i, &s.param, &s.state)?;
+            }
+        }
+        self.flat = Some(f);
+        Ok(true)
+    }
+
+    /// Whether AdamW runs over flat buffers (see [`Optimizer::use_flat_buffer`]).
+    pub fn is_flat(&self) -> bool {
+        self.flat.is_some()
     }
 
     pub fn kind(&self) -> OptimizerKind {
@@ -188,6 +224,9 @@ impl Optimizer {
     pub fn step(&mut self, lr: f64, wd: f64, cancelled: &CancelledGrads) -> Result<(), AlgoError> {
         let kind = self.kind;
         tch::no_grad(|| -> Result<(), AlgoError> {
+            if let Some(flat) = &self.flat {
+                return flat.step(&mut self.slots, cancelled, lr, wd);
+            }
             for s in &mut self.slots {
                 if cancelled.contains(&s.name) {
                     continue;
@@ -302,9 +341,16 @@ impl Optimizer {
             s.state.clear();
             s.step = 0;
         }
+        if let Some(flat) = &self.flat {
+            flat.zero_state()?;
+        }
         for (i, tensors, step) in restored {
-            self.slots[i].state = tensors;
-            self.slots[i].step = step;
+            let s = &mut self.slots[i];
+            s.state = match &self.flat {
+                Some(flat) => flat.adopt(i, &s.param, &tensors)?,
+                None => tensors,
+            };
+            s.step = step;
         }
         self.step_count = step_count;
         Ok(())
@@ -320,119 +366,6 @@ fn scalar_i64(key: &str, t: &Tensor) -> Result<i64, AlgoError> {
         return Err(AlgoError::state(key, format!("{v} is not a step count")));
     }
     Ok(v as i64)
-}
-
-fn init_state(
-    kind: OptimizerKind,
-    param: &Tensor,
-    grad: &Tensor,
-) -> Result<Vec<Tensor>, AlgoError> {
-    Ok(match kind {
-        OptimizerKind::AdamW => vec![param.f_zeros_like()?, param.f_zeros_like()?],
-        // torch.optim.SGD starts the momentum buffer as a copy of the first (decayed)
-        // gradient; `sgd_update` fills it on step 1.
-        OptimizerKind::Sgd => vec![grad.f_zeros_like()?],
-        OptimizerKind::Lars => vec![param.f_zeros_like()?],
-    })
-}
-
-/// torch's `_single_tensor_adam` with `decoupled_weight_decay=True` (AdamW): decoupled
-/// decay `p *= 1 - lr * wd`, moments `m.lerp_(g, 1 - b1)`, `v = v * b2 + (1 - b2) g^2`, then
-/// `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`, bias corrections in f64.
-fn adamw_update(
-    p: &mut Tensor,
-    grad: &Tensor,
-    state: &mut [Tensor],
-    step: i64,
-    lr: f64,
-    wd: f64,
-) -> Result<(), AlgoError> {
-    let (beta1, beta2) = ADAMW_BETAS;
-    let [exp_avg, exp_avg_sq] = state else {
-        return Err(AlgoError::state("adamw", "expects exp_avg and exp_avg_sq"));
-    };
-    if wd != 0.0 {
-        _ = p.f_mul_scalar_(1.0 - lr * wd)?;
-    }
-    _ = exp_avg.f_lerp_(grad, 1.0 - beta1)?;
-    // tch's addcmul_ has no `value`; scaling one factor first is the same product.
-    _ = exp_avg_sq
-        .f_mul_scalar_(beta2)?
-        .f_addcmul_(&grad.f_mul_scalar(1.0 - beta2)?, grad)?;
-    let step = step as f64;
-    let bias_correction1 = 1.0 - beta1.powf(step);
-    let bias_correction2 = 1.0 - beta2.powf(step);
-    let step_size = lr / bias_correction1;
-    let bias_correction2_sqrt = bias_correction2.powf(0.5);
-    let denom = exp_avg_sq
-        .f_sqrt()?
-        .f_div_scalar(bias_correction2_sqrt)?
-        .f_add_scalar_(ADAMW_EPS)?;
-    _ = p.f_addcdiv_(&exp_avg.f_mul_scalar(-step_size)?, &denom)?;
-    Ok(())
-}
-
-/// torch's `_single_tensor_sgd` with momentum 0.9, no dampening, no Nesterov: coupled decay
-/// `g += wd * p`, buffer `b = g` on the first step then `b = 0.9 b + g`, `p -= lr * b`.
-fn sgd_update(
-    p: &mut Tensor,
-    grad: &Tensor,
-    state: &mut [Tensor],
-    step: i64,
-    lr: f64,
-    wd: f64,
-) -> Result<(), AlgoError> {
-    let [buf] = state else {
-        return Err(AlgoError::state("sgd", "expects momentum_buffer"));
-    };
-    let grad = decayed(grad, p, wd)?;
-    if step == 1 {
-        buf.f_copy_(&grad)?;
-    } else {
-        _ = buf.f_mul_scalar_(MOMENTUM)?.f_add_(&grad)?;
-    }
-    _ = p.f_add_(&buf.f_mul_scalar(-lr)?)?;
-    Ok(())
-}
-
-/// Official `utils.LARS.step` (from Barlow Twins): for parameters that are not 1-D, coupled
-/// decay `dp = g + wd * p` and the layer-wise trust ratio `dp *= eta * |p| / |dp|` (1 when a
-/// norm is 0); then `mu = 0.9 mu + dp`, `p -= lr * mu`.
-fn lars_update(
-    p: &mut Tensor,
-    grad: &Tensor,
-    state: &mut [Tensor],
-    lr: f64,
-    wd: f64,
-) -> Result<(), AlgoError> {
-    let [mu] = state else {
-        return Err(AlgoError::state("lars", "expects mu"));
-    };
-    let mut dp = grad.shallow_clone();
-    if p.dim() != 1 {
-        dp = decayed(&dp, p, wd)?;
-        let param_norm = p.f_norm()?;
-        let update_norm = dp.f_norm()?;
-        let one = param_norm.f_ones_like()?;
-        let ratio = param_norm.f_mul_scalar(LARS_ETA)?.f_div(&update_norm)?;
-        // torch.where(|p| > 0, torch.where(|dp| > 0, ratio, 1), 1).
-        let q = ratio
-            .f_where_self(&update_norm.f_gt(0.0)?, &one)?
-            .f_where_self(&param_norm.f_gt(0.0)?, &one)?;
-        dp = dp.f_mul(&q)?;
-    }
-    _ = mu.f_mul_scalar_(MOMENTUM)?.f_add_(&dp)?;
-    _ = p.f_add_(&mu.f_mul_scalar(-lr)?)?;
-    Ok(())
-}
-
-/// `grad + wd * param` (torch's `grad.add(param, alpha=wd)`), or `grad` when `wd == 0`.
-fn decayed(grad: &Tensor, param: &Tensor, wd: f64) -> Result<Tensor, AlgoError> {
-    if wd == 0.0 {
-        Ok(grad.shallow_clone())
-    } else {
-        Ok(grad.f_add(&param.f_mul_scalar(wd)?)?)
-    }
 }
 
 #[cfg(test)]
