@@ -109,6 +109,36 @@ fn corrupt_and_foreign_files_are_skipped_and_counted() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// A teacher and a student so hot that both are uniform: the loss sits at ln(out_dim) and
+/// the collapse warning must reach stderr even with `--quiet` and stderr piped (the
+/// progress bar is hidden then, and a hidden bar swallows what is printed through it).
+#[test]
+fn uniform_collapse_is_reported_with_quiet_output() {
+    let dir = scratch("collapse");
+    let data = cifar_train(&dir, 4);
+    let cfg = write_config(&dir);
+    let err = ok(&train(
+        &cfg,
+        &data,
+        &dir.join("run"),
+        &[
+            "--epochs",
+            "1",
+            "--teacher_temp",
+            "1000",
+            "--warmup_teacher_temp",
+            "1000",
+            "--student_temp",
+            "1000",
+        ],
+    ));
+    assert!(
+        err.contains("warning: epoch 0") && err.contains("collapse to the uniform distribution"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[test]
 fn non_finite_loss_stops_and_keeps_the_last_good_checkpoint() {
     let dir = scratch("nan");

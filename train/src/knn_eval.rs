@@ -61,7 +61,7 @@ pub fn extract(
                     Some((buf, *label))
                 }
                 Err(e) => {
-                    bar.println(format!("warning: skipping {e}"));
+                    crate::metrics::warn_line(&bar, &format!("warning: skipping {e}"));
                     None
                 }
             })

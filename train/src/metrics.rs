@@ -83,6 +83,17 @@ impl MetricsLog {
     }
 }
 
+/// Prints `msg` above the progress bar, or on stderr when the bar is hidden (`--quiet`, or
+/// stderr not a terminal): indicatif drops the `println` of a hidden bar, and a warning must
+/// reach a log file all the more.
+pub fn warn_line(bar: &indicatif::ProgressBar, msg: &str) {
+    if bar.is_hidden() {
+        eprintln!("{msg}");
+    } else {
+        bar.println(msg);
+    }
+}
+
 /// Why training looks collapsed, if it does (paper section 5.3: the two collapse modes).
 pub fn collapse_warning(row: &StepRow, max_entropy: f64) -> Option<String> {
     let near = |a: f64, b: f64| (a - b).abs() < 0.02 * max_entropy;

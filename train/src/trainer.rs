@@ -172,7 +172,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 };
                 window = (Instant::now(), 0);
                 if let Some(w) = metrics::collapse_warning(&row, max_ent) {
-                    bar.println(format!("warning: epoch {epoch} step {step}: {w}"));
+                    metrics::warn_line(&bar, &format!("warning: epoch {epoch} step {step}: {w}"));
                 }
                 bar.set_message(format!(
                     "loss {:.4} lr {:.2e} wd {:.3} m {:.4} {:.0} img/s",
