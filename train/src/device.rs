@@ -22,6 +22,32 @@ pub fn flush_denormals() {
     }
 }
 
+/// Makes glibc keep freed memory for reuse instead of returning it to the kernel: no `mmap`
+/// for large blocks (libtorch allocates its CPU tensors with plain `posix_memalign`, and a
+/// training step frees and re-allocates hundreds of MB of activations, each fresh `mmap`
+/// paying a page fault per 4 KiB page) and no trimming of the heap top. On the 2-core
+/// development machine the cifar-tiny step went from 35.6 to 39.5 images/s (median of 3)
+/// and its system time from about 5 s to 2 s, for about 15% more peak memory, which stays
+/// at the step's high-water mark. Linux with glibc only; elsewhere nothing changes.
+pub fn retain_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // mallopt(3) parameters of glibc's malloc.h.
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_TOP_PAD: i32 = -2;
+        const M_MMAP_MAX: i32 = -4;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // SAFETY: mallopt only changes allocator tunables; called once, before the work.
+        unsafe {
+            mallopt(M_MMAP_MAX, 0);
+            mallopt(M_TRIM_THRESHOLD, i32::MAX);
+            mallopt(M_TOP_PAD, 512 << 20);
+        }
+    }
+}
+
 pub fn select_device(spec: &str) -> Result<Device> {
     let cuda = |i: usize| -> Result<Device> {
         let n = Cuda::device_count() as usize;
