@@ -366,7 +366,9 @@ fn to_device(b: &MultiCropBatch, device: Device) -> (Tensor, Option<Tensor>) {
     let up = |v: &[f32], shape: [i64; 4]| {
         let t = Tensor::from_slice(v).view(shape);
         if device.is_cuda() {
-            t.pin_memory(device)
+            // `_pin_memory`: what `pin_memory` does for a fresh tensor, without the
+            // deprecation warning libtorch prints when tch passes it the device.
+            t.internal_pin_memory(device)
                 .to_device_(device, Kind::Float, true, false)
         } else {
             t

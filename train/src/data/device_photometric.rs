@@ -154,8 +154,13 @@ impl DevicePhotometric {
     /// Uploads a host tensor, pinned and asynchronous on CUDA (as the trainer's batches).
     pub fn upload(&self, t: Tensor) -> Result<Tensor, DataError> {
         Ok(if self.device.is_cuda() {
-            t.f_pin_memory(self.device)?
-                .f_to_device_(self.device, t.kind(), true, false)?
+            // `_pin_memory` (see trainer::to_device): no deprecation warning.
+            t.f_internal_pin_memory(self.device)?.f_to_device_(
+                self.device,
+                t.kind(),
+                true,
+                false,
+            )?
         } else {
             t.f_to_device(self.device)?
         })
