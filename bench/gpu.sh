@@ -137,8 +137,7 @@ rm -rf "$RUN"
 "$BIN/dino-train" train --quiet --config configs/cifar-tiny.toml --data_path "$DATA/cifar10-mini/train" \
     --output_dir "$RUN" --epochs 1 --warmup_epochs 0 --device "$DEVICE" "${KNN_EPOCHS[@]}" >/dev/null
 "$BIN/dino-train" knn --quiet --json --checkpoint "$RUN/teacher.safetensors" --device "$DEVICE" \
-    --train "$DATA/cifar10-mini/train" --val "$DATA/cifar10-mini/test" --native | "$PY" -c '
-import json, sys
-row = json.loads(sys.stdin.read()); row.update(who="k-NN smoke (cifar-tiny, 1 epoch)"); print(json.dumps(row))' >>"$ROWS"
+    --train "$DATA/cifar10-mini/train" --val "$DATA/cifar10-mini/test" --native \
+    | label "k-NN smoke (cifar-tiny, 1 epoch)" >>"$ROWS"
 
 "$PY" bench/gpu_table.py "$ROWS"
