@@ -11,6 +11,15 @@ use dino_train::schedule::{ScheduleConfig, Schedules, cosine_scheduler, teacher_
 const RTOL: f64 = 1e-7;
 const ATOL: f64 = 1e-15;
 
+/// A fixture's argument list.
+fn numbers(args: &serde_json::Value) -> Vec<f64> {
+    args.as_array()
+        .expect("argument list")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect()
+}
+
 #[test]
 fn schedules_match_numpy() {
     let r = reference("schedule", &[]);
@@ -22,12 +31,7 @@ fn schedules_match_numpy() {
     };
 
     for (name, args) in r.config["runs"].as_object().expect("runs") {
-        let a: Vec<f64> = args
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let a = numbers(args);
         let ours = cosine_scheduler(
             a[0],
             a[1],
@@ -40,12 +44,7 @@ fn schedules_match_numpy() {
         check(&ours, name);
     }
     for (name, args) in r.config["temps"].as_object().expect("temps") {
-        let a: Vec<f64> = args
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let a = numbers(args);
         let ours = teacher_temp_schedule(a[0], a[1], a[2] as usize, a[3] as usize).unwrap();
         check(&ours, name);
     }

@@ -79,6 +79,22 @@ fn num(v: &Value) -> f32 {
     v.as_f64().expect("number") as f32
 }
 
+/// A fixture's `box`: `[top, left, height, width]`.
+fn crop_box(case: &Value) -> CropBox {
+    let b: Vec<u32> = case["box"]
+        .as_array()
+        .expect("box")
+        .iter()
+        .map(|v| v.as_u64().expect("box entry") as u32)
+        .collect();
+    CropBox {
+        top: b[0],
+        left: b[1],
+        height: b[2],
+        width: b[3],
+    }
+}
+
 #[test]
 fn photometric_ops_match_pil() {
     let fx = fixtures();
@@ -148,19 +164,8 @@ fn bicubic_resized_crop_matches_pil() {
     let img = fx.image("input");
     let mut n = 0;
     for case in fx.by_op("resized_crop") {
-        let b: Vec<u32> = case["box"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
         let size = case["size"].as_u64().unwrap() as usize;
-        let crop = CropBox {
-            top: b[0],
-            left: b[1],
-            height: b[2],
-            width: b[3],
-        };
+        let crop = crop_box(case);
         let mut out = Vec::new();
         augment::resized_crop(&img, crop, size, &mut out).unwrap();
         let want = fx.u8(case["name"].as_str().unwrap());
@@ -195,12 +200,6 @@ fn whole_view_matches_torchvision_composition() {
     let aug = MultiCrop::new(AugmentConfig::default()).unwrap();
     let mut n = 0;
     for case in fx.by_op("view") {
-        let b: Vec<u32> = case["box"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
         let jitter = case["order"].as_array().map(|o| ColorJitterParams {
             order: std::array::from_fn(|k| ops[o[k].as_u64().unwrap() as usize]),
             brightness: num(&case["b"]),
@@ -209,12 +208,7 @@ fn whole_view_matches_torchvision_composition() {
             hue: num(&case["h"]),
         });
         let v = ViewParams {
-            crop: CropBox {
-                top: b[0],
-                left: b[1],
-                height: b[2],
-                width: b[3],
-            },
+            crop: crop_box(case),
             flip: case["flip"].as_bool().unwrap(),
             photo: PhotometricParams {
                 jitter,
