@@ -9,8 +9,9 @@
 # Rows: the training step on synthetic crops already on the device (ViT-S/16, 2x224 +
 # 10x96 crops, out_dim 65536, batch 256 or the largest that fits), for dino-train (bf16
 # autocast, fused attention) and the reference (fp16 autocast + GradScaler, explicit
-# attention); the multi-crop data pipeline alone on all CPU cores; a k-NN smoke check
-# (1 epoch of cifar-tiny, then dino-train knn). Peak GPU memory is sampled with nvidia-smi.
+# attention); the multi-crop data pipeline alone on all CPU cores; `dino-train train` end to
+# end on JPEG files (pipeline and step together); a k-NN smoke check (1 epoch of cifar-tiny,
+# then dino-train knn). Peak GPU memory is sampled with nvidia-smi.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -39,6 +40,7 @@ if [[ $DRY == 1 ]]; then
     PHOTO=(--global 64 --local 32 --n-local 2 --batch 4 --iters 1)
     KNN_EPOCHS=(--depth 1 --batch_size 32 --out_dim 256 --head_hidden_dim 64)
     N_SYN=40
+    COPIES=2
 else
     DEVICE=cuda
     MODEL=(--config configs/vit-small-imagenet.toml)
@@ -50,6 +52,7 @@ else
     PHOTO=(--global 224 --local 96 --n-local 10 --batch 256 --iters 10)
     KNN_EPOCHS=()
     N_SYN=1000
+    COPIES=10
 fi
 
 # Peak GPU memory of a command: nvidia-smi sampled every 100 ms, minus the idle level.
@@ -130,6 +133,35 @@ row = json.loads(sys.stdin.read().strip().splitlines()[-1]); row.update(who=sys.
 # batched tensor ops on the GPU (photometric = "auto"): each half alone.
 "$DATA_BENCH" --root "$SYN" "${PIPE[@]}" --deferred | label "dino-rs data pipeline, CPU side (decode, crop, resize)" >>"$ROWS"
 "$DATA_BENCH" --photometric-device --device "$DEVICE" "${PHOTO[@]}" | label "dino-rs photometric stage on the $DEVICE" >>"$ROWS"
+
+# Training end to end on those JPEGs, each linked COPIES times (one epoch of 10,000 files):
+# the CPU workers decode, crop and resize, the photometric stage and the step run on the
+# device. Images/s: the median of the metrics log's 5-step windows, the first one left out.
+E2E="$OUT/e2e"
+rm -rf "$E2E"
+"$PY" - "$SYN/all" "$E2E/data/all" "$COPIES" <<'EOF'
+import os, sys
+src, dst, copies = sys.argv[1], sys.argv[2], int(sys.argv[3])
+os.makedirs(dst)
+for k in range(copies):
+    for f in sorted(os.listdir(src)):
+        os.link(os.path.join(src, f), os.path.join(dst, f"{k}-{f}"))
+EOF
+gpu_peak "$BIN/dino-train" train --quiet "${MODEL[@]}" --device "$DEVICE" --batch_size "$BATCH" \
+    --data_path "$E2E/data" --output_dir "$E2E/run" --epochs 1 --warmup_epochs 0 \
+    --num_workers "$(nproc)" --log_freq 5 >/dev/null
+"$PY" - "$E2E/run/metrics.jsonl" "$PEAK_MIB" "$BATCH" >>"$ROWS" <<'EOF'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+windows = [r["images_per_s"] for r in rows if r["kind"] == "step"][1:]
+epoch = [r for r in rows if r["kind"] == "epoch"][-1]
+print(json.dumps(dict(
+    who="dino-rs train end to end (JPEG files, photometric = auto)",
+    batch_size=int(sys.argv[3]),
+    images_per_s=round(statistics.median(windows), 1) if windows else None,
+    epoch_images_per_s=round(epoch["images_per_s"], 1),
+    peak_gpu_mib=None if sys.argv[2] == "null" else int(sys.argv[2]))))
+EOF
 
 # k-NN smoke check: one epoch of cifar-tiny on the device, then the teacher's k-NN.
 RUN="$OUT/knn-run"

@@ -26,6 +26,11 @@ for r in rows:
     elif r.get("stage") == "photometric":
         print(f"| {who} | {r['batch']} | {r['samples_per_s']:.1f} samples/s | "
               f"{r['seconds_per_batch'] * 1e3:.1f} | | batched tensor ops, {r['views']} views per batch |")
+    elif "epoch_images_per_s" in r:
+        rate = r["images_per_s"]
+        rate = f"{rate:.1f} img/s" if rate is not None else "n/a"
+        print(f"| {who} | {r.get('batch_size', '')} | {rate} | | {r.get('peak_gpu_mib')} | "
+              f"median of 5-step windows; whole epoch incl. start-up {r['epoch_images_per_s']:.1f} img/s |")
     elif "top1" in r:
         print(f"| {who} | | | | | top-1 {r['top1']:.2f}%, top-5 {r['top5']:.2f}% |")
     else:
