@@ -160,6 +160,33 @@ pub fn adjust_hue(px: &mut [u8], factor: f32) {
     }
 }
 
+/// The HSV round trip of [`adjust_hue`] as two tables over all 2^24 byte triples, for the
+/// batched stage on the device (two gathers there instead of some sixty float64 kernels):
+/// `to_hsv[(r << 16) | (g << 8) | b] = (h << 16) | (s << 8) | v` and
+/// `to_rgb[(h << 16) | (s << 8) | v] = (r << 16) | (g << 8) | b`, as `f32` (exact below 2^24).
+/// Built from the very functions the CPU path calls, so both paths agree by construction.
+pub fn hsv_round_trip_tables() -> (Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let t = hsv_tables();
+    let pack = |a: u8, b: u8, c: u8| ((a as u32) << 16 | (b as u32) << 8 | c as u32) as f32;
+    let table = |f: &(dyn Fn(u8, u8, u8) -> (u8, u8, u8) + Sync)| -> Vec<f32> {
+        let mut out = vec![0f32; 1 << 24];
+        out.par_chunks_mut(1 << 16)
+            .enumerate()
+            .for_each(|(a, chunk)| {
+                for (k, o) in chunk.iter_mut().enumerate() {
+                    let (x, y, z) = f(a as u8, (k >> 8) as u8, k as u8);
+                    *o = pack(x, y, z);
+                }
+            });
+        out
+    };
+    (
+        table(&|r, g, b| rgb_to_hsv(t, r, g, b)),
+        table(&|h, s, v| hsv_to_rgb(t, h, s, v)),
+    )
+}
+
 /// `rgb_to_grayscale(img, 3)`: Pillow luma replicated to the three channels.
 pub fn grayscale(px: &mut [u8]) {
     for p in px.chunks_exact_mut(3) {

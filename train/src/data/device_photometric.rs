@@ -6,12 +6,13 @@
 //! workers stop after crop + resize + flip, and this module applies the sampled
 //! [`PhotometricParams`] of one resolution at once. All per-view decisions travel in one
 //! small `f32` tensor (one upload per call); branches become identity factors, masks or
-//! host-known index subsets, so there are no per-view kernels and no host syncs.
+//! host-known index subsets, so there are no per-view kernels and no host syncs. The hue
+//! round trip is two gathers from tables of all 2^24 colours (built once, 128 MiB).
 //!
 //! The semantics are those of [`apply_photometric`](super::augment::apply_photometric) +
 //! [`Normalizer`](super::color::Normalizer), with PIL's uint8 quantisation after every op
-//! (truncating blends, rounded box-blur passes, 8-bit HSV with the C source's float/double
-//! mix). Pixels are integer-valued `f32` throughout, so the result matches the CPU path
+//! (truncating blends, rounded box-blur passes, 8-bit HSV through the CPU path's own
+//! functions). Pixels are integer-valued `f32` throughout, so the result matches the CPU path
 //! except for rare float-rounding ties (`tests/device_photometric.rs` states the figures).
 
 use tch::{Device, Kind, Tensor};
@@ -40,7 +41,9 @@ pub struct DevicePhotometric {
     mean: Tensor,    // [1, 3, 1, 1]
     std: Tensor,     // [1, 3, 1, 1]
     luma: Tensor,    // [1, 3, 1, 1]
-    sextant: Tensor, // [6, 3] int64: which of (v, p, q, t) each channel takes
+    rgb_key: Tensor, // [1, 3, 1, 1]: 65536, 256, 1
+    /// [`color::hsv_round_trip_tables`] on the device (2 x 64 MiB), made at the first hue.
+    hue_tables: std::cell::OnceCell<(Tensor, Tensor)>,
 }
 
 /// The parameters of one call, packed on the host.
@@ -135,15 +138,13 @@ fn pack(params: &[PhotometricParams]) -> Packed {
 impl DevicePhotometric {
     pub fn new(mean: [f32; 3], std: [f32; 3], device: Device) -> Self {
         let chan = |v: &[f32]| Tensor::from_slice(v).view([1, 3, 1, 1]).to_device(device);
-        // hsv2rgb's sextants as indices into (v, p, q, t).
-        let sextant: [i64; 18] = [0, 3, 1, 2, 0, 1, 1, 0, 3, 1, 2, 0, 3, 1, 0, 0, 1, 2];
-        // (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q) with v=0, p=1, q=2, t=3.
         Self {
             device,
             mean: chan(&mean),
             std: chan(&std),
             luma: chan(&LUMA.map(|w| w as f32)),
-            sextant: Tensor::from_slice(&sextant).view([6, 3]).to_device(device),
+            rgb_key: chan(&[65536.0, 256.0, 1.0]),
+            hue_tables: std::cell::OnceCell::new(),
         }
     }
 
@@ -213,11 +214,8 @@ impl DevicePhotometric {
             if m > 0 {
                 let idx = all.f_narrow(0, hue_at, m)?.f_to_kind(Kind::Int64)?;
                 hue_at += m;
-                let sub = adjust_hue(
-                    &x.f_index_select(0, &idx)?,
-                    &shift.f_index_select(0, &idx)?,
-                    &self.sextant,
-                )?;
+                let sub =
+                    self.adjust_hue(&x.f_index_select(0, &idx)?, &shift.f_index_select(0, &idx)?)?;
                 x = x.f_index_copy(0, &idx, &sub)?;
             }
         }
@@ -252,6 +250,44 @@ impl DevicePhotometric {
         }
         // ToTensor + Normalize, in the CPU lookup table's f32 order.
         Ok(x.f_div_scalar(255.0)?.f_sub(&self.mean)?.f_div(&self.std)?)
+    }
+
+    /// Pillow's `convert("HSV")`, a wrapping shift of the 8-bit hue, `convert("RGB")`, on
+    /// integer-valued `[m, 3, h, w]` pixels; `shift`: `[m, 1, 1, 1]` in 0..=255. Two gathers
+    /// from the tables of the CPU path's own functions; the packing stays below 2^24, where
+    /// every step is exact in `f32`.
+    fn adjust_hue(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor, DataError> {
+        let (to_hsv, to_rgb) = match self.hue_tables.get() {
+            Some(t) => t,
+            None => {
+                let (hsv, rgb) = color::hsv_round_trip_tables();
+                let tables = (
+                    self.upload(Tensor::from_slice(&hsv))?,
+                    self.upload(Tensor::from_slice(&rgb))?,
+                );
+                self.hue_tables.get_or_init(|| tables)
+            }
+        };
+        let split = |packed: &Tensor| -> Result<(Tensor, Tensor), DataError> {
+            // (packed >> 16, packed & 0xffff)
+            let hi = packed.f_div_scalar(65536.0)?.f_floor()?;
+            let lo = packed.f_sub(&hi.f_mul_scalar(65536.0)?)?;
+            Ok((hi, lo))
+        };
+        // [m, 1, h, w]: (r << 16) | (g << 8) | b
+        let dim = [1i64];
+        let key = x
+            .f_mul(&self.rgb_key)?
+            .f_sum_dim_intlist(dim.as_slice(), true, Kind::Float)?;
+        let hsv = to_hsv.f_take(&key.f_to_kind(Kind::Int64)?)?;
+        let (h, sv) = split(&hsv)?;
+        let h = h.f_add(shift)?.f_remainder(256.0)?;
+        let key = h.f_mul_scalar(65536.0)?.f_add(&sv)?;
+        let rgb = to_rgb.f_take(&key.f_to_kind(Kind::Int64)?)?;
+        let (r, gb) = split(&rgb)?;
+        let g = gb.f_div_scalar(256.0)?.f_floor()?;
+        let b = gb.f_sub(&g.f_mul_scalar(256.0)?)?;
+        Ok(Tensor::f_cat(&[r, g, b], 1)?)
     }
 
     /// Pillow's integer luma `[n, 1, h, w]` of integer-valued `[n, 3, h, w]` pixels (exact in
@@ -327,75 +363,4 @@ fn box_blur(x: &Tensor, kernel: &Tensor, pad: [i64; 4]) -> Result<Tensor, DataEr
             .f_floor()?;
     }
     Ok(y.f_reshape(size.as_slice())?)
-}
-
-/// Pillow's `convert("HSV")`, a wrapping shift of the 8-bit hue, `convert("RGB")`, on
-/// integer-valued `[m, 3, h, w]` pixels; `shift`: `[m, 1, 1, 1]` in 0..=255. Mirrors
-/// [`color::adjust_hue`] including which steps the C code does in `float` or `double`.
-fn adjust_hue(x: &Tensor, shift: &Tensor, sextant: &Tensor) -> Result<Tensor, DataError> {
-    let (f32_, f64_) = (Kind::Float, Kind::Double);
-    let ch = |c: i64| x.f_narrow(1, c, 1); // [m, 1, h, w]
-    let (r, g, b) = (ch(0)?, ch(1)?, ch(2)?);
-    let maxc = r.f_maximum(&g)?.f_maximum(&b)?;
-    let minc = r.f_minimum(&g)?.f_minimum(&b)?;
-    let cr = maxc.f_sub(&minc)?;
-    let crs = cr.f_clamp_min(1.0)?; // grey pixels come out as (v, v, v) below
-    let frac = |c: &Tensor| -> Result<Tensor, DataError> {
-        Ok(maxc.f_sub(c)?.f_div(&crs)?.f_to_kind(f64_)?) // f32 division, widened
-    };
-    let (rc, gc, bc) = (frac(&r)?, frac(&g)?, frac(&b)?);
-    let h_r = bc.f_sub(&gc)?.f_to_kind(f32_)?.f_to_kind(f64_)?; // exact in f32
-    let h_g = rc.f_sub(&bc)?.f_add_scalar(2.0)?;
-    let h_b = gc.f_sub(&rc)?.f_add_scalar(4.0)?;
-    let h = h_g.f_where_self(&g.f_eq_tensor(&maxc)?, &h_b)?;
-    let h = h_r
-        .f_where_self(&r.f_eq_tensor(&maxc)?, &h)?
-        .f_to_kind(f32_)?;
-    // fmod(h / 6 + 1, 1) in double, back to float, then the 8-bit hue in double.
-    let hd = h.f_to_kind(f64_)?.f_div_scalar(6.0)?.f_add_scalar(1.0)?;
-    let hd = hd.f_sub_scalar(1.0)?.f_where_self(&hd.f_ge(1.0)?, &hd)?;
-    let uh = hd
-        .f_to_kind(f32_)?
-        .f_to_kind(f64_)?
-        .f_mul_scalar(255.0)?
-        .f_floor()?
-        .f_clamp(0.0, 255.0)?;
-    let sat = cr.f_div(&maxc.f_clamp_min(1.0)?)?.f_to_kind(f64_)?;
-    let s = sat.f_mul_scalar(255.0)?.f_floor()?.f_clamp(0.0, 255.0)?;
-    // hsv2rgb with the shifted hue.
-    let hue = uh.f_add(&shift.f_to_kind(f64_)?)?.f_remainder(256.0)?;
-    let h6 = hue.f_mul_scalar(6.0)?.f_div_scalar(255.0)?;
-    let i = h6.f_floor()?;
-    let f = h6.f_sub(&i)?.f_to_kind(f32_)?;
-    let fs = s.f_div_scalar(255.0)?.f_to_kind(f32_)?;
-    let (fd, fsd, v) = (
-        f.f_to_kind(f64_)?,
-        fs.f_to_kind(f64_)?,
-        maxc.f_to_kind(f64_)?,
-    );
-    let round = |m: Tensor| -> Result<Tensor, DataError> {
-        let y = v.f_mul(&m)?; // C `round`: half away from zero, y >= 0
-        let t = y.f_floor()?;
-        let up = y.f_sub(&t)?.f_ge(0.5)?;
-        Ok(t.f_add_scalar(1.0)?
-            .f_where_self(&up, &t)?
-            .f_clamp(0.0, 255.0)?
-            .f_to_kind(f32_)?)
-    };
-    let p = round(fsd.f_neg()?.f_add_scalar(1.0)?)?;
-    let q = round(fs.f_mul(&f)?.f_to_kind(f64_)?.f_neg()?.f_add_scalar(1.0)?)?;
-    let t = round(
-        fsd.f_mul(&fd.f_neg()?.f_add_scalar(1.0)?)?
-            .f_neg()?
-            .f_add_scalar(1.0)?,
-    )?;
-    let cand = Tensor::f_cat(&[&maxc, &p, &q, &t], 1)?; // [m, 4, h, w]: v, p, q, t
-    let sext = i.f_remainder(6.0)?.f_to_kind(Kind::Int64)?; // [m, 1, h, w]
-    let size = sext.size();
-    let pick = sextant
-        .f_index_select(0, &sext.f_flatten(0, -1)?)? // [m*h*w, 3]
-        .f_view([size[0], size[2], size[3], 3])?
-        .f_permute([0, 3, 1, 2])?;
-    let rgb = cand.f_gather(1, &pick, false)?;
-    Ok(maxc.f_expand_as(&rgb)?.f_where_self(&s.f_eq(0.0)?, &rgb)?)
 }
