@@ -140,6 +140,21 @@ pub fn cifar_subset(dir: &Path, split: &str, per_class: usize) -> PathBuf {
     dst
 }
 
+/// Runs `cmd` and returns its stdout; on failure panics naming `what`, with both outputs.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// `dino-train train --quiet --config <config> --data_path <data> --output_dir <out> <extra>`.
 pub fn dino_train(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
     Command::new(bin("dino-train"))

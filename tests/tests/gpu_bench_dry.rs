@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use dino_tests::{bin, python, root, scratch};
+use dino_tests::{bin, python, root, run_ok, scratch};
 
 #[test]
 fn dry_run_prints_every_row() {
@@ -14,19 +14,14 @@ fn dry_run_prints_every_row() {
         .expect("binary folder")
         .to_path_buf();
     let py = python().get_program().to_owned();
-    let out = Command::new("bash")
-        .arg(root().join("bench/gpu.sh"))
-        .arg("--dry-run")
-        .env("BIN", &bin_dir)
-        .env("PYTHON", &py)
-        .env("BENCH_OUT", &out_dir)
-        .output()
-        .expect("run bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "gpu.sh --dry-run failed:\n{stdout}\n{stderr}"
+    let stdout = run_ok(
+        Command::new("bash")
+            .arg(root().join("bench/gpu.sh"))
+            .arg("--dry-run")
+            .env("BIN", &bin_dir)
+            .env("PYTHON", &py)
+            .env("BENCH_OUT", &out_dir),
+        "gpu.sh --dry-run",
     );
 
     let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();

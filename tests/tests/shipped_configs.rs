@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use dino_tests::{bin, root};
+use dino_tests::{bin, root, run_ok};
 
 #[test]
 fn every_shipped_config_resolves() {
@@ -15,18 +15,15 @@ fn every_shipped_config_resolves() {
         .collect();
     files.sort();
     for path in files {
-        let out = Command::new(bin("dino-train"))
-            .args(["train", "--print-config", "--config"])
-            .arg(&path)
-            .current_dir(root())
-            .output()
-            .expect("run dino-train");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
+        let text = run_ok(
+            Command::new(bin("dino-train"))
+                .args(["train", "--print-config", "--config"])
+                .arg(&path)
+                .current_dir(root()),
+            &format!(
+                "dino-train train --print-config --config {}",
+                path.display()
+            ),
         );
         // The resolved configuration names every option, including the ones the file leaves
         // at their defaults.

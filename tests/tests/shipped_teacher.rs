@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use dino_tests::{bin, data_dir, root};
+use dino_tests::{bin, data_dir, root, run_ok};
 
 /// BENCHMARKS.md's figure minus one test image in a thousand for float-order differences
 /// between the GPU that trained it and this CPU; random features score at most 28.3% here.
@@ -16,23 +16,19 @@ const MIN_TOP1: f64 = 34.9;
 fn shipped_teacher_classifies_cifar_far_above_random_features() {
     let teacher = root().join("demo/teacher.safetensors");
     assert!(teacher.exists(), "{} is missing", teacher.display());
-    let o = Command::new(bin("dino-train"))
-        .args(["knn", "--native", "--json", "--quiet", "--device", "cpu"])
-        .arg("--checkpoint")
-        .arg(&teacher)
-        .arg("--train")
-        .arg(data_dir().join("cifar10-mini/train"))
-        .arg("--val")
-        .arg(data_dir().join("cifar10-mini/test"))
-        .output()
-        .expect("run dino-train knn");
-    assert!(
-        o.status.success(),
-        "dino-train knn failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    let stdout = run_ok(
+        Command::new(bin("dino-train"))
+            .args(["knn", "--native", "--json", "--quiet", "--device", "cpu"])
+            .arg("--checkpoint")
+            .arg(&teacher)
+            .arg("--train")
+            .arg(data_dir().join("cifar10-mini/train"))
+            .arg("--val")
+            .arg(data_dir().join("cifar10-mini/test")),
+        "dino-train knn",
     );
     let v: serde_json::Value =
-        serde_json::from_slice(&o.stdout).expect("dino-train knn --json prints one object");
+        serde_json::from_str(&stdout).expect("dino-train knn --json prints one object");
     let top1 = v["top1"].as_f64().expect("top1");
     eprintln!(
         "shipped teacher: k-NN top-1 {top1:.1}%, top-5 {}",
