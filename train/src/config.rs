@@ -56,6 +56,11 @@ pub struct TrainConfig {
     pub local_crops_scale: [f64; 2],
     pub global_crop_size: usize,
     pub local_crop_size: usize,
+    // Photometric strength (the paper's values by default; small images want less blur).
+    pub global_blur_prob: [f64; 2],
+    pub local_blur_prob: f64,
+    pub blur_sigma: [f64; 2],
+    pub solarization_prob: [f64; 2],
     pub mean: [f32; 3],
     pub std: [f32; 3],
     // Run.
@@ -120,6 +125,10 @@ impl Default for TrainConfig {
             local_crops_scale: [0.05, 0.4],
             global_crop_size: 224,
             local_crop_size: 96,
+            global_blur_prob: [1.0, 0.1],
+            local_blur_prob: 0.5,
+            blur_sigma: [0.1, 2.0],
+            solarization_prob: [0.0, 0.2],
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             data_path: PathBuf::new(),
@@ -216,6 +225,22 @@ pub const OPTIONS: &[(&str, &str)] = &[
     ),
     ("global_crop_size", "side of the global crops in pixels"),
     ("local_crop_size", "side of the local crops in pixels"),
+    (
+        "global_blur_prob",
+        "Gaussian blur probability of global views 1 and 2, e.g. 1.0,0.1 (0,0 for 32x32 images)",
+    ),
+    (
+        "local_blur_prob",
+        "Gaussian blur probability of each local view",
+    ),
+    (
+        "blur_sigma",
+        "range of the blur's sigma in pixels of the crop, e.g. 0.1,2.0",
+    ),
+    (
+        "solarization_prob",
+        "solarization probability of global views 1 and 2, e.g. 0.0,0.2",
+    ),
     ("mean", "normalisation mean, e.g. 0.485,0.456,0.406"),
     ("std", "normalisation std, e.g. 0.229,0.224,0.225"),
     (
@@ -309,6 +334,21 @@ impl TrainConfig {
             if !(0.0 < s[0] && s[0] <= s[1] && s[1] <= 1.0) {
                 bail!("{name} {s:?}: expected 0 < min <= max <= 1");
             }
+        }
+        for (name, p) in [
+            ("global_blur_prob", self.global_blur_prob[0]),
+            ("global_blur_prob", self.global_blur_prob[1]),
+            ("local_blur_prob", self.local_blur_prob),
+            ("solarization_prob", self.solarization_prob[0]),
+            ("solarization_prob", self.solarization_prob[1]),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                bail!("{name}: probability {p} is outside [0, 1]");
+            }
+        }
+        let [lo, hi] = self.blur_sigma;
+        if !(0.0 < lo && lo <= hi && hi.is_finite()) {
+            bail!("blur_sigma {:?}: expected 0 < min <= max", self.blur_sigma);
         }
         if !["auto", "cpu", "device"].contains(&self.photometric.as_str()) {
             bail!(

@@ -321,6 +321,10 @@ pub fn augment_config(cfg: &TrainConfig) -> AugmentConfig {
         n_local: cfg.local_crops_number,
         global_scale: (cfg.global_crops_scale[0], cfg.global_crops_scale[1]),
         local_scale: (cfg.local_crops_scale[0], cfg.local_crops_scale[1]),
+        global_blur_prob: cfg.global_blur_prob,
+        local_blur_prob: cfg.local_blur_prob,
+        blur_sigma: (cfg.blur_sigma[0], cfg.blur_sigma[1]),
+        solarization_prob: cfg.solarization_prob,
         mean: cfg.mean,
         std: cfg.std,
         ..AugmentConfig::default()

@@ -179,3 +179,75 @@ fn random_decisions_have_the_official_rates() {
     let mean = sigmas.iter().map(|&s| s as f64).sum::<f64>() / sigmas.len() as f64;
     assert_near("mean sigma", mean, 1.05, 0.01);
 }
+
+#[test]
+fn configured_blur_and_solarization_rates_are_followed() {
+    let aug = |cfg: AugmentConfig| {
+        let aug = MultiCrop::new(cfg).unwrap();
+        (0..2_000)
+            .map(|i| aug.sample_views(&mut SampleRng::for_sample(7, 0, i), (W, H)))
+            .collect::<Vec<_>>()
+    };
+    // Blur off everywhere (the CIFAR recipes): no view is blurred, and the first view's
+    // crop, flip and jitter (drawn before its blur) equal those of the official setting.
+    let off = aug(AugmentConfig {
+        global_blur_prob: [0.0, 0.0],
+        local_blur_prob: 0.0,
+        ..AugmentConfig::default()
+    });
+    let official = aug(AugmentConfig::default());
+    assert!(off.iter().flatten().all(|v| v.photo.blur_sigma.is_none()));
+    for (a, b) in off.iter().zip(&official) {
+        let (a, b) = (a[0], b[0]);
+        assert_eq!(
+            (a.crop, a.flip, a.photo.jitter),
+            (b.crop, b.flip, b.photo.jitter)
+        );
+    }
+    // Swapped view probabilities and a narrow sigma range.
+    let swapped = aug(AugmentConfig {
+        global_blur_prob: [0.1, 1.0],
+        local_blur_prob: 1.0,
+        blur_sigma: (0.2, 0.3),
+        solarization_prob: [0.5, 0.0],
+        ..AugmentConfig::default()
+    });
+    let view = |k: usize| swapped.iter().map(move |s| s[k]);
+    assert_near(
+        "blur view 1",
+        rate(view(0).map(|v| v.photo.blur_sigma.is_some())),
+        0.1,
+        0.03,
+    );
+    assert_eq!(rate(view(1).map(|v| v.photo.blur_sigma.is_some())), 1.0);
+    assert_near(
+        "solarize view 1",
+        rate(view(0).map(|v| v.photo.solarize)),
+        0.5,
+        0.05,
+    );
+    assert_eq!(rate(view(1).map(|v| v.photo.solarize)), 0.0);
+    let sigmas = swapped.iter().flatten().filter_map(|v| v.photo.blur_sigma);
+    assert!(sigmas.into_iter().all(|s| (0.2..0.3).contains(&s)));
+    // Out-of-range settings are refused.
+    for bad in [
+        AugmentConfig {
+            local_blur_prob: 1.5,
+            ..AugmentConfig::default()
+        },
+        AugmentConfig {
+            solarization_prob: [-0.1, 0.2],
+            ..AugmentConfig::default()
+        },
+        AugmentConfig {
+            blur_sigma: (0.0, 2.0),
+            ..AugmentConfig::default()
+        },
+        AugmentConfig {
+            blur_sigma: (2.0, 1.0),
+            ..AugmentConfig::default()
+        },
+    ] {
+        assert!(MultiCrop::new(bad).is_err());
+    }
+}

@@ -128,19 +128,22 @@ fn sample_jitter(rng: &mut SampleRng) -> ColorJitterParams {
 }
 
 /// Draws one view: crop, flip (p 0.5), jitter (p 0.8), grayscale (p 0.2), blur (`blur_p`,
-/// fires when `u <= p` as the official `GaussianBlur`), solarize (`solarize_p`).
+/// fires when `u <= p` as the official `GaussianBlur`, sigma uniform in `sigma`), solarize
+/// (`solarize_p`).
 fn sample_view(
     rng: &mut SampleRng,
     (width, height): (u32, u32),
     scale: (f64, f64),
-    blur_p: f64,
+    (blur_p, sigma): (f64, (f64, f64)),
     solarize_p: f64,
 ) -> ViewParams {
     let crop = sample_crop(rng, width, height, scale);
     let flip = rng.unit() < 0.5;
     let jitter = (rng.unit() < 0.8).then(|| sample_jitter(rng));
     let grayscale = rng.unit() < 0.2;
-    let blur_sigma = (rng.unit() <= blur_p).then(|| rng.uniform(0.1, 2.0) as f32);
+    // `blur_p > 0` keeps a draw of exactly 0 from firing a blur that is turned off.
+    let blur_sigma =
+        (rng.unit() <= blur_p && blur_p > 0.0).then(|| rng.uniform(sigma.0, sigma.1) as f32);
     let solarize = solarize_p > 0.0 && rng.unit() < solarize_p;
     ViewParams {
         crop,
@@ -275,14 +278,24 @@ impl MultiCrop {
     }
 
     /// Draws the `2 + n_local` views of one sample for an image of `(width, height)`:
-    /// global 1 (blur p 1.0), global 2 (blur p 0.1, solarize p 0.2), locals (blur p 0.5).
+    /// global 1 (official: blur p 1.0), global 2 (blur p 0.1, solarize p 0.2), locals
+    /// (blur p 0.5).
     pub fn sample_views(&self, rng: &mut SampleRng, size: (u32, u32)) -> Vec<ViewParams> {
         let c = &self.cfg;
         let mut v = Vec::with_capacity(2 + c.n_local);
-        v.push(sample_view(rng, size, c.global_scale, 1.0, 0.0));
-        v.push(sample_view(rng, size, c.global_scale, 0.1, 0.2));
+        for i in 0..2 {
+            let blur = (c.global_blur_prob[i], c.blur_sigma);
+            v.push(sample_view(
+                rng,
+                size,
+                c.global_scale,
+                blur,
+                c.solarization_prob[i],
+            ));
+        }
         for _ in 0..c.n_local {
-            v.push(sample_view(rng, size, c.local_scale, 0.5, 0.0));
+            let blur = (c.local_blur_prob, c.blur_sigma);
+            v.push(sample_view(rng, size, c.local_scale, blur, 0.0));
         }
         v
     }

@@ -9,6 +9,8 @@
 //!   `ColorJitter(0.4, 0.4, 0.2, 0.1)` with p = 0.8, grayscale with p = 0.2, Gaussian blur
 //!   (p = 1.0 on the first view, 0.1 on the second) and solarization (p = 0.2, second only);
 //! * `n_local` local crops: the same at `local_size` / `local_crops_scale`, blur with p = 0.5;
+//!   (the blur and solarization probabilities and the blur's sigma range are configurable:
+//!   a sigma of 2 pixels erases most of a 32x32 image, so CIFAR recipes turn the blur off);
 //! * `ToTensor` + `Normalize(mean, std)`.
 //!
 //! Every (seed, epoch, sample index) owns its random stream ([`SampleRng`]), so batches are
@@ -94,6 +96,14 @@ pub struct AugmentConfig {
     pub global_scale: (f64, f64),
     /// `local_crops_scale`: area fraction range of the local crops.
     pub local_scale: (f64, f64),
+    /// Blur probability of global views 1 and 2 (official: 1.0, 0.1).
+    pub global_blur_prob: [f64; 2],
+    /// Blur probability of each local view (official: 0.5).
+    pub local_blur_prob: f64,
+    /// Range of the blur's sigma, in pixels of the rendered crop (official: 0.1 to 2.0).
+    pub blur_sigma: (f64, f64),
+    /// Solarization probability of global views 1 and 2 (official: 0.0, 0.2).
+    pub solarization_prob: [f64; 2],
     /// `Normalize` mean and std, per RGB channel.
     pub mean: [f32; 3],
     pub std: [f32; 3],
@@ -109,6 +119,10 @@ impl Default for AugmentConfig {
             n_local: 8,
             global_scale: (0.4, 1.0),
             local_scale: (0.05, 0.4),
+            global_blur_prob: [1.0, 0.1],
+            local_blur_prob: 0.5,
+            blur_sigma: (0.1, 2.0),
+            solarization_prob: [0.0, 0.2],
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
             photometric: Photometric::Cpu,
@@ -137,6 +151,17 @@ impl AugmentConfig {
         }
         if !scale_ok(self.global_scale) || !scale_ok(self.local_scale) {
             return bad("crop scales must satisfy 0 < min <= max <= 1");
+        }
+        let probs = [self.local_blur_prob]
+            .into_iter()
+            .chain(self.global_blur_prob)
+            .chain(self.solarization_prob);
+        if !probs.into_iter().all(|p| (0.0..=1.0).contains(&p)) {
+            return bad("blur and solarization probabilities must lie in [0, 1]");
+        }
+        let (lo, hi) = self.blur_sigma;
+        if !(0.0 < lo && lo <= hi && hi.is_finite()) {
+            return bad("blur sigma range must satisfy 0 < min <= max");
         }
         if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
             return bad("normalisation std must be positive");
