@@ -142,17 +142,22 @@ pub fn cifar_subset(dir: &Path, split: &str, per_class: usize) -> PathBuf {
 
 /// Runs `cmd` and returns its stdout; on failure panics naming `what`, with both outputs.
 pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    String::from_utf8_lossy(&output_ok(cmd, what).stdout).into_owned()
+}
+
+/// [`run_ok`] keeping the whole `Output` (for byte-exact stdout).
+pub fn output_ok(cmd: &mut Command, what: &str) -> Output {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "{what} failed ({}):\n{stdout}\n{}",
+        "{what} failed ({}):\n{}\n{}",
         out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout
+    out
 }
 
 /// `dino-train train --quiet --config <config> --data_path <data> --output_dir <out> <extra>`.

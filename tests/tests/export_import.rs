@@ -13,7 +13,7 @@ use dino_core::st::{self, StFile};
 use dino_core::testing::{assert_close, max_abs_diff};
 use std::process::Command;
 
-use dino_tests::{bin, cifar_subset, run_python, scratch};
+use dino_tests::{bin, cifar_subset, run_ok, run_python, scratch};
 use export_common::{REF, compare, export_err, export_ok, s};
 
 #[test]
@@ -188,23 +188,18 @@ fn dino_train_import_writes_a_teacher_that_knn_loads() {
     let dir = scratch("train-import");
     let pth = checkpoint_pth(&dir, 7);
     let teacher = dir.join("teacher.safetensors");
-    let o = Command::new(bin("dino-train"))
-        .args([
-            "import",
-            &s(&pth),
-            "--arch",
-            "vit_tiny",
-            "--patch-size",
-            "8",
-        ])
-        .args(["--to", &s(&teacher)])
-        .output()
-        .expect("run dino-train import");
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "dino-train import failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    let text = run_ok(
+        Command::new(bin("dino-train"))
+            .args([
+                "import",
+                &s(&pth),
+                "--arch",
+                "vit_tiny",
+                "--patch-size",
+                "8",
+            ])
+            .args(["--to", &s(&teacher)]),
+        "dino-train import",
     );
     assert!(
         text.contains("vit_tiny/8") && text.contains("entry `teacher`"),
@@ -227,18 +222,14 @@ fn dino_train_import_writes_a_teacher_that_knn_loads() {
         cifar_subset(&dir, "train", 3),
         cifar_subset(&dir, "test", 2),
     );
-    let o = Command::new(bin("dino-train"))
-        .args(["knn", "--native", "--json", "--quiet", "--device", "cpu"])
-        .args(["--k", "5", "--checkpoint", &s(&teacher)])
-        .args(["--train", &s(&train), "--val", &s(&val)])
-        .output()
-        .expect("run dino-train knn");
-    assert!(
-        o.status.success(),
-        "dino-train knn on the imported teacher failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    let out = run_ok(
+        Command::new(bin("dino-train"))
+            .args(["knn", "--native", "--json", "--quiet", "--device", "cpu"])
+            .args(["--k", "5", "--checkpoint", &s(&teacher)])
+            .args(["--train", &s(&train), "--val", &s(&val)]),
+        "dino-train knn on the imported teacher",
     );
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("knn JSON");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("knn JSON");
     assert_eq!(
         (r["train_images"].as_u64(), r["val_images"].as_u64()),
         (Some(30), Some(20)),

@@ -32,17 +32,13 @@ fn trained_exported_model_classifies_as_dino_train_knn() {
     let teacher = run.join("teacher.safetensors");
 
     let model = dir.join("model.onnx");
-    let o = Command::new(bin("dino-export"))
-        .args(["--outputs", "attention", "--img-size", "32", "--checkpoint"])
-        .arg(&teacher)
-        .arg("--to")
-        .arg(&model)
-        .output()
-        .expect("run dino-export");
-    assert!(
-        o.status.success(),
-        "dino-export failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
+    dino_tests::run_ok(
+        Command::new(bin("dino-export"))
+            .args(["--outputs", "attention", "--img-size", "32", "--checkpoint"])
+            .arg(&teacher)
+            .arg("--to")
+            .arg(&model),
+        "dino-export",
     );
 
     let (train, test) = (

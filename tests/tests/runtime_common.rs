@@ -29,14 +29,7 @@ pub fn dino_run(dir: &Path) -> Command {
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("run dino-run");
-    assert!(
-        out.status.success(),
-        "dino-run failed ({:?}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    dino_tests::output_ok(cmd, "dino-run")
 }
 
 pub fn stderr(o: &Output) -> String {
