@@ -11,6 +11,7 @@ mod export_common;
 
 use dino_core::st::{self, StFile};
 use dino_core::testing::{assert_close, max_abs_diff};
+use std::path::Path;
 use std::process::Command;
 
 use dino_tests::{bin, cifar_subset, run_ok, run_python, scratch};
@@ -115,21 +116,31 @@ fn checkpoint_pth(dir: &std::path::Path, seed: u32) -> std::path::PathBuf {
     pth
 }
 
-#[test]
-fn training_checkpoint_pth_uses_the_teacher() {
-    let dir = scratch("export-import-checkpoint");
-    let pth = checkpoint_pth(&dir, 6);
-    let teacher = dir.join("teacher.safetensors");
-    let text = export_ok(&[
+/// `import <pth> --arch vit_tiny --patch-size 8 --to <to>`: the same for both binaries.
+fn vit_tiny8_import(pth: &Path, to: &Path) -> [String; 8] {
+    [
         "import",
-        &s(&pth),
+        &s(pth),
         "--arch",
         "vit_tiny",
         "--patch-size",
         "8",
         "--to",
-        &s(&teacher),
-    ]);
+        &s(to),
+    ]
+    .map(str::to_string)
+}
+
+#[test]
+fn training_checkpoint_pth_uses_the_teacher() {
+    let dir = scratch("export-import-checkpoint");
+    let pth = checkpoint_pth(&dir, 6);
+    let teacher = dir.join("teacher.safetensors");
+    let text = export_ok(
+        &vit_tiny8_import(&pth, &teacher)
+            .each_ref()
+            .map(String::as_str),
+    );
     assert!(
         text.contains("entry `teacher`") && text.contains("4 head tensors left out"),
         "{text}"
@@ -189,16 +200,7 @@ fn dino_train_import_writes_a_teacher_that_knn_loads() {
     let pth = checkpoint_pth(&dir, 7);
     let teacher = dir.join("teacher.safetensors");
     let text = run_ok(
-        Command::new(bin("dino-train"))
-            .args([
-                "import",
-                &s(&pth),
-                "--arch",
-                "vit_tiny",
-                "--patch-size",
-                "8",
-            ])
-            .args(["--to", &s(&teacher)]),
+        Command::new(bin("dino-train")).args(vit_tiny8_import(&pth, &teacher)),
         "dino-train import",
     );
     assert!(
