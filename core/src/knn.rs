@@ -98,22 +98,6 @@ fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_generic(a, b)
-}
-
-/// Dot product, vectorised (AVX2 when the CPU has it).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { dot_avx2(a, b) };
-    }
-    dot_generic(a, b)
-}
-
 /// The best `k` `(similarity, row)` pairs seen so far, best first.
 #[derive(Clone, Debug)]
 struct TopK {

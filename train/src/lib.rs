@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod ema;
+pub mod flat;
 pub mod knn_eval;
 pub mod loss;
 pub mod metrics;

@@ -10,7 +10,7 @@ use crate::device::Precision;
 use crate::ema::{EmaPairs, FlatEma};
 use crate::loss::{DinoLoss, DinoLossConfig};
 use crate::model::DinoNet;
-use crate::optim::{Optimizer, flat_order_key, get_params_groups};
+use crate::optim::{Optimizer, get_params_groups};
 use crate::scaler::GradScaler;
 use crate::schedule::{ScheduleConfig, Schedules, StepValues};
 
@@ -57,15 +57,12 @@ impl DinoStep {
         loss_cfg.student_temp = cfg.student_temp;
         loss_cfg.center_momentum = cfg.center_momentum;
         let loss = DinoLoss::new(loss_cfg, device)?;
-        let ema = FlatEma::new(
-            EmaPairs::new(
-                teacher.trainable_and_frozen(),
-                student.trainable_and_frozen(),
-            )?
-            .ordered_by(flat_order_key),
-        )?;
+        let ema = FlatEma::new(EmaPairs::new(
+            teacher.trainable_and_frozen(),
+            student.trainable_and_frozen(),
+        )?)?;
         // AdamW's segments are contiguous ranges of the student's buffer (SGD, LARS: no-op).
-        optimizer.use_flat_buffer(ema.student_flat())?;
+        optimizer.use_flat_buffer(ema.student())?;
         Ok(Self {
             student,
             teacher,

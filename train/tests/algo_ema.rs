@@ -7,7 +7,8 @@ mod algo_common;
 
 use algo_common::{Reference, max_abs, reference, values};
 use dino_core::testing::assert_close;
-use dino_train::ema::{EmaPairs, FlatEma, share_one_buffer};
+use dino_train::ema::{EmaPairs, FlatEma};
+use dino_train::flat::FlatBuffer;
 use tch::{Device, Kind, Tensor};
 
 fn names(r: &Reference) -> Vec<String> {
@@ -109,12 +110,16 @@ fn flat_ema_detects_replaced_storage() {
     assert_eq!(values(&b), vec![0.5; 4], "the views see the update");
     b.set_data(&Tensor::ones([2, 2], opts));
     assert!(flat.update(0.5).is_err());
-    // share_one_buffer keeps values.
+    // A flat buffer keeps values.
     let xs = [
         Tensor::from_slice(&[1f32, 2.0]),
         Tensor::from_slice(&[3f32]),
     ];
-    let buf = share_one_buffer(&xs).unwrap();
-    assert_eq!(values(&buf), vec![1.0, 2.0, 3.0]);
+    let buf = FlatBuffer::new([
+        ("x".into(), xs[0].shallow_clone()),
+        ("y".into(), xs[1].shallow_clone()),
+    ])
+    .unwrap();
+    assert_eq!(values(buf.buffer()), vec![1.0, 2.0, 3.0]);
     assert_eq!(values(&xs[1]), vec![3.0]);
 }

@@ -8,10 +8,8 @@
 
 use dino_core::testing::assert_close;
 use dino_train::clip::{cancel_gradients_last_layer, clip_gradients};
-use dino_train::ema::share_one_buffer;
-use dino_train::optim::{
-    Optimizer, OptimizerKind, STEP_COUNT_KEY, flat_order_key, get_params_groups, shallow,
-};
+use dino_train::flat::FlatBuffer;
+use dino_train::optim::{Optimizer, OptimizerKind, STEP_COUNT_KEY, get_params_groups, shallow};
 use tch::{Device, Kind, Tensor};
 
 const STEPS: usize = 9;
@@ -48,9 +46,9 @@ fn pseudo_random(shape: &[i64], seed: f64) -> Tensor {
         .view(shape)
 }
 
-/// Two identical parameter sets: the first in one flat buffer in [`flat_order_key`]
+/// Two identical parameter sets: the first in one flat buffer in [`FlatBuffer::order_key`]
 /// order (as `DinoStep` lays out the student), the second as separate tensors.
-fn params() -> (Params, Params, Tensor) {
+fn params() -> (Params, Params, FlatBuffer) {
     let mut flat: Params = Vec::new();
     let mut separate: Params = Vec::new();
     for (i, (name, shape)) in shapes().into_iter().enumerate() {
@@ -59,13 +57,12 @@ fn params() -> (Params, Params, Tensor) {
         flat.push((name.into(), t.copy().set_requires_grad(trainable)));
         separate.push((name.into(), t.copy().set_requires_grad(trainable)));
     }
-    flat.sort_by_key(|(n, t)| (flat_order_key(n, t), n.clone()));
-    let tensors: Vec<Tensor> = flat.iter().map(|(_, t)| t.shallow_clone()).collect();
-    let buffer = share_one_buffer(&tensors).unwrap();
+    flat.sort_by_key(|(n, t)| (FlatBuffer::order_key(n, t), n.clone()));
+    let buffer = FlatBuffer::new(shallow(&flat)).unwrap();
     (flat, separate, buffer)
 }
 
-fn adamw(params: &Params, buffer: Option<&Tensor>) -> Optimizer {
+fn adamw(params: &Params, buffer: Option<&FlatBuffer>) -> Optimizer {
     let mut opt = Optimizer::new(OptimizerKind::AdamW, get_params_groups(shallow(params)));
     if let Some(b) = buffer {
         assert!(opt.use_flat_buffer(b).unwrap(), "flat layout accepted");
@@ -204,8 +201,7 @@ fn flat_layout_is_refused_when_it_does_not_apply() {
     // Name order interleaves decayed and non-decayed tensors: segments not contiguous.
     let mut by_name: Params = shallow(&separate);
     by_name.sort_by(|a, b| a.0.cmp(&b.0));
-    let tensors: Vec<Tensor> = by_name.iter().map(|(_, t)| t.shallow_clone()).collect();
-    let buffer = share_one_buffer(&tensors).unwrap();
+    let buffer = FlatBuffer::new(shallow(&by_name)).unwrap();
     let mut opt = Optimizer::new(OptimizerKind::AdamW, get_params_groups(by_name));
     assert!(!opt.use_flat_buffer(&buffer).unwrap());
 }

@@ -1,5 +1,5 @@
 //! AdamW over flat buffers. When the parameters already live in one contiguous buffer
-//! (the student's, see [`crate::ema::share_one_buffer`]) laid out by [`flat_order_key`],
+//! (the student's [`FlatBuffer`], laid out by [`FlatBuffer::order_key`]),
 //! the parameters that always step together form contiguous segments: (weight-decayed or
 //! not) x (head's last layer or not). A step is then the update of [`adamw_update`] once per
 //! segment, on the segment's range of the parameter buffer and of two flat moment buffers,
@@ -21,16 +21,7 @@ use super::Slot;
 use super::update::adamw_update;
 use crate::algo_error::AlgoError;
 use crate::clip::{CancelledGrads, is_last_layer};
-
-/// The buffer order that makes every AdamW segment contiguous (sort by it, then by name):
-/// trainable before frozen, the head's last layer after the rest, weight-decayed first.
-pub fn flat_order_key(name: &str, t: &Tensor) -> (bool, bool, bool) {
-    (
-        !t.requires_grad(),
-        is_last_layer(name),
-        !super::is_regularized(name, &t.size()),
-    )
-}
+use crate::flat::FlatBuffer;
 
 /// Elements per update on CPU (512 KiB of f32): the dozen passes of an update then run in
 /// cache, where whole segments would stream from memory each time (2x slower than the
@@ -50,7 +41,7 @@ struct Segment {
 
 #[derive(Debug)]
 pub(super) struct FlatAdamW {
-    params: Tensor,
+    layout: FlatBuffer,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
     /// Element offset of each slot's parameter in the buffers, by slot index.
@@ -62,24 +53,11 @@ impl FlatAdamW {
     /// The flat layout of `slots` in `flat`, or `None` when some parameter is not a
     /// contiguous range of it or some segment is not contiguous (the caller then keeps the
     /// per-parameter path). The moment buffers start at zero.
-    pub(super) fn new(flat: &Tensor, slots: &[Slot]) -> Result<Option<Self>, AlgoError> {
-        if slots.is_empty() || flat.dim() != 1 || !flat.is_contiguous() {
+    pub(super) fn new(flat: &FlatBuffer, slots: &[Slot]) -> Result<Option<Self>, AlgoError> {
+        let offsets: Option<Vec<i64>> = slots.iter().map(|s| flat.offset_of(&s.param)).collect();
+        let Some(offsets) = offsets.filter(|o| !o.is_empty()) else {
             return Ok(None);
-        }
-        let elt = flat.kind().elt_size_in_bytes() as i64;
-        let (base, total) = (flat.data_ptr() as i64, flat.numel() as i64);
-        let mut offsets = Vec::with_capacity(slots.len());
-        for s in slots {
-            let p = &s.param;
-            if p.kind() != flat.kind() || p.device() != flat.device() || !p.is_contiguous() {
-                return Ok(None);
-            }
-            let bytes = p.data_ptr() as i64 - base;
-            if bytes < 0 || bytes % elt != 0 || bytes / elt + p.numel() as i64 > total {
-                return Ok(None);
-            }
-            offsets.push(bytes / elt);
-        }
+        };
         let mut keyed: BTreeMap<(bool, bool), Vec<usize>> = BTreeMap::new();
         for (i, s) in slots.iter().enumerate() {
             keyed
@@ -111,9 +89,9 @@ impl FlatAdamW {
             return Ok(None);
         }
         Ok(Some(Self {
-            params: flat.shallow_clone(),
-            exp_avg: flat.f_zeros_like()?,
-            exp_avg_sq: flat.f_zeros_like()?,
+            layout: flat.clone(),
+            exp_avg: flat.buffer().f_zeros_like()?,
+            exp_avg_sq: flat.buffer().f_zeros_like()?,
             offsets,
             segments,
         }))
@@ -121,10 +99,9 @@ impl FlatAdamW {
 
     /// Slot `i`'s `[exp_avg, exp_avg_sq]` as views of the flat moments.
     fn views(&self, i: usize, param: &Tensor) -> Result<Vec<Tensor>, AlgoError> {
-        let (off, n, shape) = (self.offsets[i], param.numel() as i64, param.size());
         [&self.exp_avg, &self.exp_avg_sq]
             .into_iter()
-            .map(|t| Ok(t.f_narrow(0, off, n)?.f_view(shape.as_slice())?))
+            .map(|t| self.layout.view_of(t, self.offsets[i], param))
             .collect()
     }
 
@@ -167,7 +144,12 @@ impl FlatAdamW {
         lr: f64,
         wd: f64,
     ) -> Result<(), AlgoError> {
-        self.check_views(slots)?;
+        self.layout.check_at(
+            slots
+                .iter()
+                .zip(&self.offsets)
+                .map(|(s, &o)| (s.name.as_str(), &s.param, o)),
+        )?;
         for seg in &self.segments {
             let mut grads = Vec::with_capacity(seg.slots.len());
             for &i in &seg.slots {
@@ -204,14 +186,15 @@ impl FlatAdamW {
                     [one] => one.shallow_clone(),
                     _ => Tensor::f_cat(&flat, 0)?,
                 };
-                let chunk = match self.params.device() {
+                let params = self.layout.buffer();
+                let chunk = match params.device() {
                     Device::Cpu => CPU_CHUNK,
                     _ => seg.len,
                 };
                 let mut at = 0;
                 while at < seg.len {
                     let n = chunk.min(seg.len - at);
-                    let mut p = self.params.f_narrow(0, seg.start + at, n)?;
+                    let mut p = params.f_narrow(0, seg.start + at, n)?;
                     let mut state = [
                         self.exp_avg.f_narrow(0, seg.start + at, n)?,
                         self.exp_avg_sq.f_narrow(0, seg.start + at, n)?,
@@ -225,22 +208,6 @@ impl FlatAdamW {
                     let mut p = s.param.shallow_clone();
                     adamw_update(&mut p, &g, &mut s.state, s.step, lr, wd)?;
                 }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every parameter must still live at its offset (no synchronisation): code that
-    /// replaces a parameter's storage would otherwise silently detach it from the updates.
-    fn check_views(&self, slots: &[Slot]) -> Result<(), AlgoError> {
-        let elt = self.params.kind().elt_size_in_bytes() as i64;
-        let base = self.params.data_ptr() as i64;
-        for (s, &off) in slots.iter().zip(&self.offsets) {
-            if s.param.data_ptr() as i64 != base + off * elt || !s.param.is_contiguous() {
-                return Err(AlgoError::param(
-                    &s.name,
-                    "no longer stored in the optimizer's flat buffer (its storage was replaced)",
-                ));
             }
         }
         Ok(())

@@ -13,8 +13,6 @@
 mod flat;
 mod update;
 
-pub use flat::flat_order_key;
-
 use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
@@ -22,19 +20,8 @@ use tch::Tensor;
 
 use crate::algo_error::AlgoError;
 use crate::clip::CancelledGrads;
+use crate::flat::FlatBuffer;
 use update::{adamw_update, init_state, lars_update, sgd_update};
-
-/// The trainable variables of a var store as `(name, tensor)`, sorted by name so that every
-/// run iterates them in the same order.
-pub fn trainable_params(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<_> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
 
 /// Official rule of `get_params_groups`: biases and all 1-D parameters (LayerNorm weights)
 /// are not weight-decayed; matrices and the 3-D tokens and position embedding are.
@@ -168,12 +155,12 @@ impl Optimizer {
         }
     }
 
-    /// Runs AdamW segment-wise over `flat`, the 1-D buffer the parameters are views of
-    /// ([`crate::ema::share_one_buffer`], ordered by [`flat_order_key`]): a few kernels per
+    /// Runs AdamW segment-wise over `flat`, the buffer the parameters are views of (laid out
+    /// by [`FlatBuffer::order_key`]): a few kernels per
     /// segment instead of ~10 per parameter, same values. Returns whether the layout applies;
     /// if not (another optimizer, a parameter outside `flat`, a segment not contiguous) the
     /// per-parameter path stays. Existing state moves into the flat moments.
-    pub fn use_flat_buffer(&mut self, flat: &Tensor) -> Result<bool, AlgoError> {
+    pub fn use_flat_buffer(&mut self, flat: &FlatBuffer) -> Result<bool, AlgoError> {
         if self.kind != OptimizerKind::AdamW {
             return Ok(false);
         }
