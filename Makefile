@@ -17,14 +17,18 @@ export LIBTORCH_USE_PYTORCH := 1
 export PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build test lint demo bench fmt clean
-build:
+.PHONY: build test lint demo bench fmt clean sysdeps
+# System packages the build needs (libgloo-dev's headers for dino-dist), installed once.
+sysdeps:
+	./scripts/sysdeps.sh
+
+build: sysdeps
 	$(CARGO) build --release --workspace --all-targets
 
 test: build
 	$(CARGO) test --release --workspace
 
-lint:
+lint: sysdeps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 
@@ -32,7 +36,7 @@ fmt:
 	$(CARGO) fmt --all
 
 # The demo needs only the three binaries, not the tests.
-demo:
+demo: sysdeps
 	$(CARGO) build --release --bins
 	./scripts/demo.sh
 

@@ -5,9 +5,11 @@
 //! needed) and force-links `libtorch_cuda.so` when the wheel has it: the linker's
 //! `--as-needed` would otherwise drop it, since no symbol is referenced directly, and CUDA
 //! would silently be unavailable.
+//!
+//! `dist/build.rs` also compiles a C++ shim, so it uses this file as a module: hence `pub`.
 use std::path::PathBuf;
 
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-env-changed=DINO_RS_TORCH_LIB");
     let Some(lib) = torch_lib() else {
@@ -23,7 +25,7 @@ fn main() {
     }
 }
 
-fn torch_lib() -> Option<PathBuf> {
+pub fn torch_lib() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("DINO_RS_TORCH_LIB") {
         return Some(PathBuf::from(p));
     }
