@@ -1,23 +1,22 @@
-//! Typed errors of the exporter and importer; each names the file and, where there is
-//! one, the key.
+//! Typed errors of the exporter; each names the file and, where there is one, the key.
+//! Reading a `.pth` or foreign file fails with `dino-import`'s own error, passed through.
 
 use std::path::PathBuf;
 
 use dino_core::CoreError;
+use dino_import::ImportError;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ExportError {
     #[error(transparent)]
     Core(#[from] CoreError),
-    #[error("{path}: unknown checkpoint format: {why}")]
-    UnknownFormat { path: PathBuf, why: String },
+    #[error(transparent)]
+    Import(#[from] ImportError),
     #[error(
         "{path}: a safetensors file without dino-rs metadata ({why}); convert foreign weights first with `dino-export import {path} --arch <arch> --to teacher.safetensors`"
     )]
     ForeignSafetensors { path: PathBuf, why: String },
-    #[error("{path}: cannot read the PyTorch file: {why}")]
-    Pth { path: PathBuf, why: String },
     #[error("{path}: missing key `{key}`")]
     MissingKey { path: PathBuf, key: String },
     #[error("{path}: {why}")]
@@ -30,13 +29,4 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl ExportError {
-    pub fn pth(path: impl Into<PathBuf>, why: impl Into<String>) -> Self {
-        Self::Pth {
-            path: path.into(),
-            why: why.into(),
-        }
-    }
 }

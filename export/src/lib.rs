@@ -1,16 +1,13 @@
 //! dino-export: a DINO ViT teacher backbone to a self-describing ONNX file.
 //!
-//! Pure Rust end to end: the weights come from safetensors (or a PyTorch `.pth` read by a
-//! small pickle VM), the graph is built node by node, and the ONNX protobuf is encoded
+//! Pure Rust end to end: the weights come from safetensors (or a PyTorch `.pth` read by
+//! `dino-import`'s small pickle VM), the graph is built node by node, and the ONNX protobuf is encoded
 //! with prost from hand-derived messages. Neither libtorch, Python nor protoc is needed.
 
 pub mod error;
-pub mod import;
-pub mod import_cli;
 pub mod load;
 pub mod meta;
 pub mod onnx;
-pub mod pth;
 pub mod vit;
 
 use std::path::Path;

@@ -2,20 +2,19 @@
 //!
 //! dino-rs safetensors files say what they are (`dino_rs.kind`): a backbone file holds
 //! unprefixed official keys, a training checkpoint holds `teacher.backbone.*` among
-//! others. PyTorch `.pth` files are imported on the fly. Anything else is refused with a
-//! message that says what the file looks like and what to do.
+//! others. PyTorch `.pth` files are imported on the fly by `dino-import`. Anything else is
+//! refused with a message that says what the file looks like and what to do.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use dino_core::st::{self, RawTensor, StFile};
 use dino_core::weights::{backbone_shapes, check_shapes};
-use dino_core::{CoreError, EvalTransform, VitConfig};
+use dino_core::{EvalTransform, VitConfig};
+use dino_import::format::unknown_format;
+use dino_import::{Format, ImportOptions, read_foreign};
 
 use crate::error::ExportError;
-use crate::import::{ImportOptions, read_foreign};
-use crate::pth;
 
 pub struct Backbone {
     pub path: PathBuf,
@@ -27,32 +26,9 @@ pub struct Backbone {
     pub source: String,
 }
 
-/// The first bytes of a file, to tell formats apart.
-pub fn sniff(path: &Path) -> Result<Vec<u8>, ExportError> {
-    let mut f = std::fs::File::open(path).map_err(|e| CoreError::io(path, e))?;
-    let mut head = Vec::with_capacity(16);
-    f.by_ref()
-        .take(16)
-        .read_to_end(&mut head)
-        .map_err(|e| CoreError::io(path, e))?;
-    Ok(head)
-}
-
-/// Safetensors: a little-endian u64 header length, then a JSON object.
-pub fn looks_like_safetensors(head: &[u8]) -> bool {
-    head.len() > 8 && head[8] == b'{'
-}
-
-pub fn unknown_format(path: &Path) -> ExportError {
-    ExportError::UnknownFormat {
-        path: path.to_path_buf(),
-        why: "neither a safetensors file nor a PyTorch .pth archive".into(),
-    }
-}
-
 pub fn load_backbone(path: &Path) -> Result<Backbone, ExportError> {
-    let head = sniff(path)?;
-    if pth::is_zip(&head) || pth::is_legacy_torch(&head) {
+    let format = Format::detect(path)?;
+    if matches!(format, Format::Pth | Format::LegacyPth) {
         let imp = read_foreign(path, &ImportOptions::default())?;
         let source = format!(
             "PyTorch file{}, imported as {}/{}",
@@ -71,8 +47,8 @@ pub fn load_backbone(path: &Path) -> Result<Backbone, ExportError> {
             source,
         });
     }
-    if !looks_like_safetensors(&head) {
-        return Err(unknown_format(path));
+    if format != Format::Safetensors {
+        return Err(unknown_format(path).into());
     }
     let f = StFile::read(path)?;
     if !f.metadata.contains_key(st::META_FORMAT) {

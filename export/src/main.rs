@@ -1,4 +1,4 @@
-//! `dino-export`: the command line over `dino_export::{export, import}`.
+//! `dino-export`: the command line over `dino_export::export` and `dino_import`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use dino_export::import_cli::{self, ImportArgs};
 use dino_export::{ExportOptions, Outputs, Precision, export, onnx};
+use dino_import::ImportRequest;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -63,7 +63,7 @@ struct Cli {
 enum Command {
     /// Convert official DINO PyTorch weights (.pth, or safetensors with official keys) to a
     /// dino-rs backbone file. The architecture is read from the tensor shapes.
-    Import(ImportArgs),
+    Import(ImportRequest),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,8 +84,9 @@ enum PrecisionArg {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Import(a)) = cli.command {
-        return run_import(a);
+    if let Some(Command::Import(r)) = cli.command {
+        println!("{}", r.run()?);
+        return Ok(());
     }
     let (Some(checkpoint), Some(to)) = (cli.checkpoint, cli.to) else {
         anyhow::bail!("--checkpoint and --to are required");
@@ -119,10 +120,5 @@ fn main() -> Result<()> {
         &s.fingerprint[..12],
         start.elapsed().as_secs_f64()
     );
-    Ok(())
-}
-
-fn run_import(a: ImportArgs) -> Result<()> {
-    println!("{}", import_cli::run(&a)?);
     Ok(())
 }

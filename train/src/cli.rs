@@ -53,7 +53,7 @@ pub enum Command {
     /// Convert official DINO PyTorch weights (.pth, or safetensors with official keys) to a
     /// teacher.safetensors usable by `knn`, `attention` and dino-export (as
     /// `dino-export import`). The architecture is read from the tensor shapes.
-    Import(dino_export::import_cli::ImportArgs),
+    Import(dino_import::ImportRequest),
     /// Last-block CLS attention of each head over an image (visualize_attention.py).
     ///
     /// Writes into <out>/<image stem>/: img.png (the crop the model saw), attn-head{j}.png

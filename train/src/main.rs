@@ -27,7 +27,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Knn(a) => knn(a),
         Command::Bench(a) => bench(a),
         Command::Import(a) => {
-            println!("{}", dino_export::import_cli::run(&a)?);
+            println!("{}", a.run()?);
             Ok(())
         }
         Command::Attention(a) => attention(a),

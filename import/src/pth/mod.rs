@@ -1,8 +1,11 @@
 //! Reading PyTorch `.pth` files (the zip format `torch.save` has written since 1.6)
 //! without Python or libtorch: `<archive>/data.pkl` is run by a small pickle VM and each
-//! tensor's bytes are read from `<archive>/data/<key>`.
+//! tensor's bytes are read from `<archive>/data/<key>`. Nothing in the file is executed,
+//! so an untrusted checkpoint is as safe to read as a safetensors file.
 
+pub mod opcodes;
 pub mod pickle;
+pub mod value;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -11,19 +14,8 @@ use std::path::{Path, PathBuf};
 use dino_core::st::RawTensor;
 use safetensors::tensor::Dtype;
 
-use crate::error::ExportError;
+use crate::error::ImportError;
 use pickle::{TensorRef, Value};
-
-/// The legacy (pre-1.6, non-zip) `torch.save` stream starts with this pickled magic number.
-const LEGACY_MAGIC: [u8; 4] = [0x80, 0x02, 0x8a, 0x0a];
-
-pub fn is_zip(head: &[u8]) -> bool {
-    head.starts_with(b"PK\x03\x04")
-}
-
-pub fn is_legacy_torch(head: &[u8]) -> bool {
-    head.starts_with(&LEGACY_MAGIC)
-}
 
 /// An opened `.pth` archive: the unpickled object and lazy access to tensor bytes.
 pub struct PthFile {
@@ -35,10 +27,14 @@ pub struct PthFile {
 }
 
 impl PthFile {
-    pub fn open(path: &Path) -> Result<Self, ExportError> {
-        let err = |why: String| ExportError::pth(path, why);
-        let file = std::fs::File::open(path)
-            .map_err(|e| ExportError::Core(dino_core::CoreError::io(path, e)))?;
+    pub fn open(path: &Path) -> Result<Self, ImportError> {
+        let err = |why: String| ImportError::pth(path, why);
+        let entry_err = |entry: &str, why: String| ImportError::Entry {
+            path: path.to_path_buf(),
+            entry: entry.to_string(),
+            why,
+        };
+        let file = std::fs::File::open(path).map_err(|e| dino_core::CoreError::io(path, e))?;
         let mut archive =
             zip::ZipArchive::new(file).map_err(|e| err(format!("not a zip archive: {e}")))?;
         let pkl = archive
@@ -54,8 +50,8 @@ impl PthFile {
                 return Err(err(format!("byte order `{}` is not supported", s.trim())));
             }
         }
-        let data = read_entry(&mut archive, &pkl).map_err(err)?;
-        let root = pickle::load(&data).map_err(|e| err(format!("{pkl}: {e}")))?;
+        let data = read_entry(&mut archive, &pkl).map_err(|e| entry_err(&pkl, e))?;
+        let root = pickle::load(&data).map_err(|e| entry_err(&pkl, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             root,
@@ -66,13 +62,18 @@ impl PthFile {
     }
 
     /// Copies a tensor's elements out of its storage into a contiguous little-endian buffer.
-    pub fn tensor(&mut self, name: &str, t: &TensorRef) -> Result<RawTensor, ExportError> {
-        let err = |why: String| ExportError::pth(&self.path, format!("tensor `{name}`: {why}"));
+    pub fn tensor(&mut self, name: &str, t: &TensorRef) -> Result<RawTensor, ImportError> {
+        let err = |why: String| ImportError::Tensor {
+            path: self.path.clone(),
+            key: name.to_string(),
+            why,
+        };
         let (dtype, size) = storage_dtype(&t.storage.kind)
             .ok_or_else(|| err(format!("unsupported storage type {}", t.storage.kind)))?;
         if !self.storages.contains_key(&t.storage.key) {
             let entry = format!("{}data/{}", self.prefix, t.storage.key);
-            let bytes = read_entry(&mut self.archive, &entry).map_err(err)?;
+            let bytes =
+                read_entry(&mut self.archive, &entry).map_err(|e| err(format!("{entry}: {e}")))?;
             self.storages.insert(t.storage.key.clone(), bytes);
         }
         let storage = &self.storages[&t.storage.key];
@@ -118,10 +119,11 @@ impl PthFile {
     }
 }
 
+/// The bytes of one archive entry; the error says why, the caller says which entry.
 fn read_entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec<u8>, String> {
-    let mut f = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+    let mut f = archive.by_name(name).map_err(|e| e.to_string())?;
     let mut v = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut v).map_err(|e| format!("{name}: {e}"))?;
+    f.read_to_end(&mut v).map_err(|e| e.to_string())?;
     Ok(v)
 }
 

@@ -2,7 +2,8 @@
 //! (`dino_deitsmall16_pretrain.pth`), training `checkpoint.pth` files (the `teacher`
 //! entry, keys prefixed `backbone.`/`head.`, optionally `module.`), and foreign
 //! safetensors files with official key names. The architecture is read off the tensor
-//! shapes and checked against `--arch`/`--patch-size` when given.
+//! shapes and checked against `--arch`/`--patch-size` when given, because official files
+//! carry no config of their own.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,17 +13,24 @@ use dino_core::weights::{backbone_shapes, check_shapes};
 use dino_core::{CoreError, VitConfig};
 use safetensors::tensor::Dtype;
 
-use crate::error::ExportError;
+use crate::error::ImportError;
+use crate::format::{Format, unknown_format};
 use crate::pth::{self, PthFile};
 
+/// How to read a foreign file. With the `clap` feature these are the `import` flags of
+/// both binaries (the field docs are their help). Without `key`, the weights are the
+/// `teacher` entry if present, then `state_dict`, `model`, else the whole file.
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ImportOptions {
-    /// Preset name; inferred from the embedding width when absent.
+    /// Architecture preset (vit_tiny, vit_small, vit_base); default: from the width.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub arch: Option<String>,
-    /// Checked against the patch projection's kernel when given.
+    /// Patch size, checked against the weights.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub patch_size: Option<usize>,
-    /// The checkpoint entry holding the weights (default: `teacher` if present, then
-    /// `state_dict`, `model`, else the whole file).
+    /// The checkpoint entry holding the weights (e.g. `teacher`, `student`).
+    #[cfg_attr(feature = "clap", arg(long))]
     pub key: Option<String>,
 }
 
@@ -38,7 +46,7 @@ pub struct Imported {
 }
 
 /// Converts `from` (`.pth` or foreign `.safetensors`) to a dino-rs backbone file `to`.
-pub fn import(from: &Path, to: &Path, opts: &ImportOptions) -> Result<Imported, ExportError> {
+pub fn import(from: &Path, to: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
     let imported = read_foreign(from, opts)?;
     let meta = st::backbone_metadata(&imported.vit, None, None, st::KIND_BACKBONE);
     st::write_atomic(to, &imported.tensors, meta)?;
@@ -46,41 +54,39 @@ pub fn import(from: &Path, to: &Path, opts: &ImportOptions) -> Result<Imported, 
 }
 
 /// Materialises one tensor by its name in the file.
-type Fetch = Box<dyn FnMut(&str) -> Result<RawTensor, ExportError>>;
+type Fetch = Box<dyn FnMut(&str) -> Result<RawTensor, ImportError>>;
 
 /// Reads and checks the backbone of a foreign checkpoint.
-pub fn read_foreign(path: &Path, opts: &ImportOptions) -> Result<Imported, ExportError> {
-    let head = crate::load::sniff(path)?;
-    let (entry, names, mut fetch): (Option<String>, Vec<String>, Fetch) = if pth::is_zip(&head) {
-        let mut f = PthFile::open(path)?;
-        let (entry, value) = pick_entry(&f, opts.key.as_deref())?;
-        let refs = pth::tensors_in(&value);
-        let names = refs.keys().cloned().collect();
-        let fetch = move |k: &str| f.tensor(k, &refs[k]);
-        (entry, names, Box::new(fetch))
-    } else if pth::is_legacy_torch(&head) {
-        return Err(ExportError::pth(
-            path,
-            "legacy (pre-1.6) torch.save format; re-save it with `torch.save(torch.load(f), f)` in any recent PyTorch",
-        ));
-    } else if crate::load::looks_like_safetensors(&head) {
-        let f = StFile::read(path)?;
-        let names = f.tensors.keys().cloned().collect();
-        let fetch = move |k: &str| Ok(f.tensors[k].clone());
-        (None, names, Box::new(fetch))
-    } else {
-        return Err(crate::load::unknown_format(path));
+pub fn read_foreign(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    let (entry, names, mut fetch): (Option<String>, Vec<String>, Fetch) = match Format::detect(
+        path,
+    )? {
+        Format::Pth => {
+            let mut f = PthFile::open(path)?;
+            let (entry, value) = pick_entry(&f, opts.key.as_deref())?;
+            let refs = pth::tensors_in(&value);
+            let names = refs.keys().cloned().collect();
+            let fetch = move |k: &str| f.tensor(k, &refs[k]);
+            (entry, names, Box::new(fetch))
+        }
+        Format::LegacyPth => {
+            return Err(ImportError::pth(
+                path,
+                "legacy (pre-1.6) torch.save format; re-save it with `torch.save(torch.load(f), f)` in any recent PyTorch",
+            ));
+        }
+        Format::Safetensors => {
+            let f = StFile::read(path)?;
+            let names = f.tensors.keys().cloned().collect();
+            let fetch = move |k: &str| Ok(f.tensors[k].clone());
+            (None, names, Box::new(fetch))
+        }
+        Format::Unknown => return Err(unknown_format(path)),
     };
     if names.is_empty() {
-        return Err(ExportError::Weights {
+        return Err(ImportError::NoTensors {
             path: path.to_path_buf(),
-            why: format!(
-                "no tensors found{}",
-                entry
-                    .as_deref()
-                    .map(|e| format!(" in entry `{e}`"))
-                    .unwrap_or_default()
-            ),
+            entry,
         });
     }
 
@@ -117,7 +123,7 @@ pub fn read_foreign(path: &Path, opts: &ImportOptions) -> Result<Imported, Expor
 }
 
 /// Float tensors are stored as float32, whatever the file held (fp16 and bf16 releases).
-fn as_f32(path: &Path, name: &str, t: RawTensor) -> Result<RawTensor, ExportError> {
+fn as_f32(path: &Path, name: &str, t: RawTensor) -> Result<RawTensor, ImportError> {
     if matches!(t.dtype, Dtype::F64 | Dtype::F16 | Dtype::BF16) {
         let values = t.to_f32(path, name)?;
         return Ok(RawTensor::from_f32(t.shape, &values));
@@ -128,18 +134,14 @@ fn as_f32(path: &Path, name: &str, t: RawTensor) -> Result<RawTensor, ExportErro
 fn pick_entry(
     f: &PthFile,
     key: Option<&str>,
-) -> Result<(Option<String>, pth::pickle::Value), ExportError> {
+) -> Result<(Option<String>, pth::pickle::Value), ImportError> {
     if let Some(k) = key {
         return pth::dict_entry(&f.root, k)
             .map(|v| (Some(k.to_string()), v))
-            .ok_or_else(|| {
-                ExportError::pth(
-                    &f.path,
-                    format!(
-                        "no entry `{k}`; the file has: {}",
-                        pth::dict_keys(&f.root).join(", ")
-                    ),
-                )
+            .ok_or_else(|| ImportError::NoEntry {
+                path: f.path.clone(),
+                key: k.to_string(),
+                found: pth::dict_keys(&f.root),
             });
     }
     for k in ["teacher", "state_dict", "model"] {
@@ -155,12 +157,12 @@ fn infer_config(
     path: &Path,
     t: &BTreeMap<String, RawTensor>,
     opts: &ImportOptions,
-) -> Result<VitConfig, ExportError> {
-    let bad = |why: String| ExportError::Weights {
+) -> Result<VitConfig, ImportError> {
+    let bad = |why: String| ImportError::Weights {
         path: path.to_path_buf(),
         why,
     };
-    let shape = |k: &str| -> Result<&[usize], ExportError> {
+    let shape = |k: &str| -> Result<&[usize], ImportError> {
         t.get(k).map(|x| x.shape.as_slice()).ok_or_else(|| {
             let mut keys: Vec<_> = t.keys().take(8).cloned().collect();
             if t.len() > 8 {
