@@ -7,7 +7,9 @@
 //! a mismatch (or a second process with its rank) publishes the fault and fills the join
 //! counter, so rank 0 reports the fault at once instead of waiting out its timeout.
 use std::ffi::{CString, c_int};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::ptr::{self, NonNull};
+use std::time::{Duration, Instant};
 
 use crate::ffi;
 use crate::{DistConfig, DistError};
@@ -36,6 +38,9 @@ impl Store {
 
     fn open(cfg: &DistConfig) -> Result<Self, DistError> {
         let host = c_string(&cfg.master_addr).map_err(DistError::Config)?;
+        if cfg.rank != 0 {
+            wait_for_master(cfg)?;
+        }
         let mut raw = ptr::null_mut();
         // SAFETY: valid C string and out pointer; errors come back as strings.
         let err = unsafe {
@@ -121,6 +126,37 @@ impl Drop for Store {
     fn drop(&mut self) {
         // SAFETY: created by dino_c10d_store_create, destroyed once.
         unsafe { ffi::dino_c10d_store_destroy(self.raw()) }
+    }
+}
+
+/// Returns once rank 0's store listens, or fails at the timeout: c10d's own connect
+/// retries (a full timeout per attempt, with back-off between) can take twice as long.
+fn wait_for_master(cfg: &DistConfig) -> Result<(), DistError> {
+    let deadline = Instant::now() + cfg.timeout;
+    let mut last = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(DistError::MasterUnreachable {
+                addr: cfg.master_addr.clone(),
+                port: cfg.master_port,
+                timeout: cfg.timeout,
+                detail: last,
+            });
+        }
+        match (cfg.master_addr.as_str(), cfg.master_port).to_socket_addrs() {
+            Ok(addrs) => {
+                for addr in addrs {
+                    match TcpStream::connect_timeout(&addr, left) {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = format!("{addr}: {e}"),
+                    }
+                }
+            }
+            Err(e) => last = format!("cannot resolve {}: {e}", cfg.master_addr),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
 }
 

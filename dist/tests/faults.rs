@@ -184,3 +184,30 @@ fn bad_configurations_are_rejected_before_any_network() {
         assert!(matches!(err, DistError::NcclUnavailable), "{err}");
     }
 }
+
+/// NCCL where it can run: a group of one on CUDA device 0; without a GPU, a clean error.
+#[test]
+fn nccl_group_of_one_or_a_clean_error() {
+    if !NCCL_AVAILABLE {
+        return;
+    }
+    let mut cfg = config(0, 1, free_port(), TIMEOUT);
+    cfg.backend = Backend::Nccl;
+    let created = ProcessGroup::new(&cfg);
+    if !tch::Cuda::is_available() {
+        let err = created.err().expect("NCCL without a GPU");
+        println!("{err}");
+        assert!(matches!(err, DistError::Rendezvous { .. }), "{err}");
+        return;
+    }
+    let pg = created.expect("NCCL group of one");
+    let t = Tensor::from_slice(&[1.0f32, -2.0]).to_device(tch::Device::Cuda(0));
+    pg.all_reduce_sum_(&t).unwrap();
+    pg.broadcast_(&t, 0).unwrap();
+    assert_eq!(pg.all_gather(&t).unwrap().len(), 1);
+    pg.barrier().unwrap();
+    assert_eq!(
+        Vec::<f32>::try_from(&t.to_device(tch::Device::Cpu)).unwrap(),
+        [1.0, -2.0]
+    );
+}
