@@ -114,8 +114,11 @@ impl ProcessGroup {
                 &mut raw,
             )
         };
-        ffi::check(err)
-            .map_err(|detail| cfg.rendezvous_error("creating the process group", detail))?;
+        ffi::check(err).map_err(|detail| {
+            // A rank that found a fault after rank 0 stopped waiting never joins.
+            rendezvous::published_fault(&store)
+                .unwrap_or_else(|| cfg.rendezvous_error("creating the process group", detail))
+        })?;
         let raw = NonNull::new(raw).ok_or_else(|| {
             cfg.rendezvous_error("creating the process group", "null group".into())
         })?;

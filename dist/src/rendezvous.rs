@@ -2,7 +2,8 @@
 //! world sizes are compared before any process group is built.
 //!
 //! Joining follows torch.distributed (each rank bumps TCPStore's own join counter and rank 0
-//! waits for all of them), so a Python rank can join a group whose rank 0 is ours. On top,
+//! waits for all of them), so a Python rank can join a group whose rank 0 is ours (not the
+//! reverse: our other ranks wait for rank 0's published world size). On top,
 //! rank 0 publishes its world size and every other rank compares its own; a rank that finds
 //! a mismatch (or a second process with its rank) publishes the fault and fills the join
 //! counter, so rank 0 reports the fault at once instead of waiting out its timeout.
@@ -292,7 +293,8 @@ pub(crate) fn join(cfg: &DistConfig) -> Result<Store, DistError> {
     }
 }
 
-fn published_fault(store: &Store) -> Option<DistError> {
+/// The fault a rank published during the rendezvous, if any (a later failure's cause).
+pub(crate) fn published_fault(store: &Store) -> Option<DistError> {
     store
         .check(FAULT_KEY)
         .ok()?
