@@ -1,56 +1,18 @@
 """torchvision reference for bench/data_pipeline.sh: the official DataAugmentationDINO
-(main_dino.py) on PIL images, ImageFolder + DataLoader. Prints one JSON line."""
+(main_dino.py, as `dino_ref.transforms` writes it) on PIL images, ImageFolder + DataLoader.
+Prints one JSON line."""
 import argparse
 import json
 import os
-import random
+import sys
 import time
+from pathlib import Path
 
 import torch
-from PIL import Image, ImageFilter, ImageOps
-from torchvision import datasets, transforms
+from torchvision import datasets
 
-
-class GaussianBlur:
-    """utils.GaussianBlur of the official code: PIL blur, radius ~ U(0.1, 2.0), with p."""
-
-    def __init__(self, p=0.5, radius_min=0.1, radius_max=2.0):
-        self.prob, self.radius_min, self.radius_max = p, radius_min, radius_max
-
-    def __call__(self, img):
-        if random.random() > self.prob:
-            return img
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(self.radius_min, self.radius_max)))
-
-
-class Solarization:
-    def __init__(self, p):
-        self.p = p
-
-    def __call__(self, img):
-        return ImageOps.solarize(img) if random.random() < self.p else img
-
-
-class DataAugmentationDINO:
-    def __init__(self, global_size, local_size, n_local, gscale=(0.4, 1.0), lscale=(0.05, 0.4)):
-        flip_and_color_jitter = transforms.Compose([
-            transforms.RandomHorizontalFlip(p=0.5),
-            transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            transforms.RandomGrayscale(p=0.2),
-        ])
-        normalize = transforms.Compose([
-            transforms.ToTensor(),
-            transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-        ])
-        rrc = lambda size, scale: transforms.RandomResizedCrop(size, scale=scale, interpolation=Image.BICUBIC)
-        self.g1 = transforms.Compose([rrc(global_size, gscale), flip_and_color_jitter, GaussianBlur(1.0), normalize])
-        self.g2 = transforms.Compose([rrc(global_size, gscale), flip_and_color_jitter, GaussianBlur(0.1),
-                                      Solarization(0.2), normalize])
-        self.loc = transforms.Compose([rrc(local_size, lscale), flip_and_color_jitter, GaussianBlur(p=0.5), normalize])
-        self.n_local = n_local
-
-    def __call__(self, image):
-        return [self.g1(image), self.g2(image)] + [self.loc(image) for _ in range(self.n_local)]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from dino_ref.transforms import DataAugmentationDINO  # noqa: E402
 
 
 def cpu_seconds(pids):

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from functools import partial
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -26,18 +26,8 @@ import onnxruntime as ort
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-import export_ref  # noqa: E402  (the tests' seeded weights and presets)
-
-
-def timm_model(cfg, sd):
-    import timm.models.vision_transformer as tvit
-    m = tvit.VisionTransformer(
-        img_size=cfg["img_size"], patch_size=cfg["patch_size"], embed_dim=cfg["embed_dim"],
-        depth=cfg["depth"], num_heads=cfg["num_heads"], mlp_ratio=cfg["mlp_ratio"], qkv_bias=True,
-        num_classes=0, norm_layer=partial(torch.nn.LayerNorm, eps=cfg["layer_norm_eps"])).eval()
-    m.load_state_dict(sd, strict=True)
-    return m
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from dino_ref.fixtures import seeded_vit, state, timm_vit, vit_config  # noqa: E402
 
 
 def best_seconds(sessions, batch, size, rounds):
@@ -62,9 +52,9 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="dino-export-bench-")
-    cfg = export_ref.preset(a.arch, a.patch, 224)
-    ref = export_ref.seeded_model(cfg, 0)
-    sd = export_ref.state(ref)
+    cfg = vit_config(a.arch, a.patch, 224)
+    ref = seeded_vit(cfg, 0)
+    sd = state(ref)
     from safetensors.torch import save_file
     weights = os.path.join(tmp, "teacher.safetensors")
     save_file(sd, weights, metadata={"dino_rs.format": "dino-rs/1", "dino_rs.kind": "backbone",
@@ -75,7 +65,8 @@ def main():
     subprocess.run([exe, "--checkpoint", weights, "--to", ours], check=True, stdout=subprocess.DEVNULL)
 
     theirs = os.path.join(tmp, "torch.onnx")
-    m = timm_model(cfg, sd)
+    m = timm_vit(cfg)
+    m.load_state_dict(sd, strict=True)
     x = torch.randn(2, 3, 224, 224)
     warnings.filterwarnings("ignore")  # the TorchScript exporter's deprecation and tracer notes
     torch.onnx.export(m, (x,), theirs, input_names=["image"], output_names=["embedding"], opset_version=17,
@@ -83,7 +74,7 @@ def main():
 
     # Same function: both against the PyTorch reference on one batch.
     with torch.no_grad():
-        want = ref(x)[0].numpy()
+        want = ref(x).numpy()
     for path in (ours, theirs):
         got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
         assert np.abs(got - want).max() < 1e-4, (path, np.abs(got - want).max())

@@ -23,8 +23,10 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 
 
 def preprocess(path, ev):
@@ -75,18 +77,17 @@ def worker_torch(threads, batch, images):
     import numpy as np
     import torch
 
-    sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-    from runtime_fixture import ViT
+    from dino_ref.vit import VisionTransformer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = ViT(224, 16, 384, 12, 6, ["embedding"]).eval()
+    model = VisionTransformer(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6).eval()
     ev = {"resize_size": 256, "crop_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     t1 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(images), batch):
             x = torch.from_numpy(np.stack([preprocess(p, ev) for p in images[i:i + batch]]))
-            torch.nn.functional.normalize(model(x)[0], dim=1)
+            torch.nn.functional.normalize(model(x), dim=1)
     t2 = time.perf_counter()
     print(json.dumps({"loop_s": t2 - t1, "images_per_s": len(images) / (t2 - t1)}))
 

@@ -1,6 +1,6 @@
 """PyTorch reference of the DINO training step for the speed benchmarks, written like the
-official code (train/tests/python/dino_model_reference.py: explicit attention, fp16 autocast
-+ GradScaler on CUDA, torch.optim.AdamW, per-parameter clipping, EMA).
+official code (`dino_ref.train`: explicit attention, fp16 autocast + GradScaler on CUDA,
+torch.optim.AdamW, per-parameter clipping, EMA).
 
   torch_dino.py step  [model flags] --device cuda --precision fp16 --steps 20 --warmup 5
       synthetic crops already on the device; one JSON line like `dino-train bench`
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "train/tests/python"))
-from dino_model_reference import build, train_step  # noqa: E402
-
-PRESETS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from dino_ref.train import build, train_step  # noqa: E402
+from dino_ref.transforms import CIFAR_MEAN, CIFAR_STD, DataAugmentationDINO  # noqa: E402
+from dino_ref.vit import PRESETS  # noqa: E402
 
 
 def config(a, niter):
@@ -70,45 +70,13 @@ def bench_step(a):
 
 
 def bench_train(a):
-    from torchvision import datasets, transforms
-    from PIL import ImageFilter, ImageOps
+    from torchvision import datasets
     import random
-
-    class Blur:
-        def __init__(self, p):
-            self.p = p
-
-        def __call__(self, img):
-            if random.random() > self.p:
-                return img
-            return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
-
-    class Solarize:
-        def __init__(self, p):
-            self.p = p
-
-        def __call__(self, img):
-            return ImageOps.solarize(img) if random.random() < self.p else img
-
-    flip_color = transforms.Compose([
-        transforms.RandomHorizontalFlip(p=0.5),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        transforms.RandomGrayscale(p=0.2)])
-    norm = transforms.Compose([transforms.ToTensor(), transforms.Normalize(a.mean, a.std)])
-    bic = transforms.InterpolationMode.BICUBIC
-    g1 = transforms.Compose([transforms.RandomResizedCrop(a.global_, (0.4, 1.0), interpolation=bic),
-                             flip_color, Blur(1.0), norm])
-    g2 = transforms.Compose([transforms.RandomResizedCrop(a.global_, (0.4, 1.0), interpolation=bic),
-                             flip_color, Blur(0.1), Solarize(0.2), norm])
-    loc = transforms.Compose([transforms.RandomResizedCrop(a.local, (0.05, 0.4), interpolation=bic),
-                              flip_color, Blur(0.5), norm])
-
-    def multicrop(img):
-        return [g1(img), g2(img)] + [loc(img) for _ in range(a.nlocal)]
 
     torch.manual_seed(a.seed)
     random.seed(a.seed)
-    ds = datasets.ImageFolder(a.data, transform=multicrop)
+    augment = DataAugmentationDINO(a.global_, a.local, a.nlocal, a.mean, a.std)
+    ds = datasets.ImageFolder(a.data, transform=augment)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
                                          drop_last=True, persistent_workers=a.workers > 0)
     cfg = config(a, len(loader))
@@ -190,11 +158,9 @@ def main():
     ap.add_argument("--log-epochs", action="store_true", help="train: mean loss of every epoch")
     ap.add_argument("--knn-train", help="train: ImageFolder of k-NN train images (native size)")
     ap.add_argument("--knn-val", help="train: ImageFolder of k-NN test images")
-    ap.add_argument("--mean", type=float, nargs=3, default=[0.4914, 0.4822, 0.4465])
-    ap.add_argument("--std", type=float, nargs=3, default=[0.2470, 0.2435, 0.2616])
+    ap.add_argument("--mean", type=float, nargs=3, default=list(CIFAR_MEAN))
+    ap.add_argument("--std", type=float, nargs=3, default=list(CIFAR_STD))
     a = ap.parse_args()
-    # The reference module pins tests to one deterministic thread; a benchmark does not.
-    torch.use_deterministic_algorithms(False)
     torch.set_num_threads(a.threads)
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("CUDA requested but not available")

@@ -1,6 +1,6 @@
 """Fixtures and independent references for the dino-export tests.
 
-The reference is the official DINO `vision_transformer.py` forward pass written out again
+The reference is `dino_ref.vit`, the official DINO `vision_transformer.py` written out again
 in plain PyTorch (pre-norm blocks, softmax(QK^T * scale), erf GELU, final norm, and the
 official `interpolate_pos_encoding`: bicubic with scale_factor (w0 + 0.1) / sqrt(N)).
 
@@ -20,129 +20,21 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-PRESETS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, heads, qkv_bias):
-        super().__init__()
-        self.heads, self.scale = heads, (dim // heads) ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]
-        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, C)), attn
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, heads, hidden, qkv_bias, eps):
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads, qkv_bias)
-        self.norm2, self.mlp = nn.LayerNorm(dim, eps=eps), Mlp(dim, hidden)
-
-    def forward(self, x):
-        y, attn = self.attn(self.norm1(x))
-        x = x + y
-        return x + self.mlp(self.norm2(x)), attn
-
-
-class PatchEmbed(nn.Module):
-    def __init__(self, p, c, d):
-        super().__init__()
-        self.patch_size = p
-        self.proj = nn.Conv2d(c, d, kernel_size=p, stride=p)
-
-
-class VisionTransformer(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        d, p = cfg["embed_dim"], cfg["patch_size"]
-        n = (cfg["img_size"] // p) ** 2
-        self.patch_embed = PatchEmbed(p, cfg.get("in_chans", 3), d)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, d))
-        hidden = int(d * cfg.get("mlp_ratio", 4.0))
-        eps = cfg.get("layer_norm_eps", 1e-6)
-        self.blocks = nn.ModuleList(
-            Block(d, cfg["num_heads"], hidden, cfg.get("qkv_bias", True), eps) for _ in range(cfg["depth"]))
-        self.norm = nn.LayerNorm(d, eps=eps)
-
-    def interpolate_pos_encoding(self, x, w, h):
-        npatch, N = x.shape[1] - 1, self.pos_embed.shape[1] - 1
-        if npatch == N and w == h:
-            return self.pos_embed
-        cls, grid = self.pos_embed[:, 0], self.pos_embed[:, 1:]
-        dim, p = x.shape[-1], self.patch_embed.patch_size
-        w0, h0 = w // p + 0.1, h // p + 0.1
-        grid = F.interpolate(
-            grid.reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2),
-            scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)), mode="bicubic")
-        assert int(w0) == grid.shape[-2] and int(h0) == grid.shape[-1]
-        return torch.cat((cls.unsqueeze(0), grid.permute(0, 2, 3, 1).view(1, -1, dim)), dim=1)
-
-    def forward(self, x):
-        """(normed CLS, normed patch tokens, last block's CLS-to-patch attention)."""
-        B, _, w, h = x.shape
-        t = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        t = torch.cat((self.cls_token.expand(B, -1, -1), t), dim=1)
-        t = t + self.interpolate_pos_encoding(t, w, h)
-        for blk in self.blocks:
-            t, attn = blk(t)
-        t = self.norm(t)
-        return t[:, 0], t[:, 1:], attn[:, :, 0, 1:]
-
-
-def preset(arch, patch, img_size):
-    d, depth, heads = PRESETS[arch]
-    return dict(arch=arch, patch_size=patch, img_size=img_size, in_chans=3, embed_dim=d, depth=depth,
-                num_heads=heads, mlp_ratio=4.0, qkv_bias=True, drop_path_rate=0.0, layer_norm_eps=1e-6)
-
-
-def seeded_model(cfg, seed):
-    """Weights large enough that attention is far from uniform and every parameter matters."""
-    torch.manual_seed(seed)
-    m = VisionTransformer(cfg).eval()
-    with torch.no_grad():
-        for name, t in m.named_parameters():
-            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
-                t.copy_(1 + 0.2 * torch.randn_like(t))
-            elif name.endswith("bias"):
-                t.copy_(0.1 * torch.randn_like(t))
-            elif name in ("cls_token", "pos_embed"):
-                t.copy_(0.5 * torch.randn_like(t))
-            else:
-                fan_in = t[0].numel()
-                t.copy_(torch.randn_like(t) / math.sqrt(fan_in))
-    return m
-
-
-def state(m):
-    return {k: v.detach().contiguous() for k, v in m.state_dict().items()}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
+from dino_ref.fixtures import seeded_vit, state, vit_config  # noqa: E402
+from dino_ref.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from dino_ref.vit import PRESETS, VisionTransformer  # noqa: E402
 
 
 def cmd_weights(a):
     from safetensors.torch import save_file
-    cfg = preset(a.arch, a.patch, a.img_size)
-    sd = state(seeded_model(cfg, a.seed))
+    cfg = vit_config(a.arch, a.patch, a.img_size)
+    sd = state(seeded_vit(cfg, a.seed))
     meta = {"dino_rs.format": "dino-rs/1", "dino_rs.kind": a.kind, "dino_rs.version": "0.1.0",
             "dino_rs.vit": json.dumps(cfg)}
     if a.eval:
@@ -154,8 +46,8 @@ def cmd_weights(a):
 
 
 def cmd_pth(a):
-    cfg = preset(a.arch, a.patch, a.img_size)
-    sd = state(seeded_model(cfg, a.seed))
+    cfg = vit_config(a.arch, a.patch, a.img_size)
+    sd = state(seeded_vit(cfg, a.seed))
     # A non-contiguous view and a half-precision tensor exercise the reader's stride and
     # dtype handling: the bytes on disk differ, the values must not.
     sd["pos_embed"] = sd["pos_embed"].transpose(1, 2).contiguous().transpose(1, 2)
@@ -204,12 +96,12 @@ def load_weights(path, key):
     sd = {k: v.float() for k, v in sd.items() if not k.startswith("head.")}
     d, p = sd["cls_token"].shape[-1], sd["patch_embed.proj.weight"].shape[-1]
     arch = next(k for k, v in PRESETS.items() if v[0] == d)
-    return preset(arch, p, int(math.sqrt(sd["pos_embed"].shape[1] - 1)) * p), sd
+    return vit_config(arch, p, int(math.sqrt(sd["pos_embed"].shape[1] - 1)) * p), sd
 
 
 def images(folder, size):
     from PIL import Image
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
     out = []
     for name in sorted(os.listdir(folder)):
         img = Image.open(os.path.join(folder, name)).convert("RGB")
@@ -224,11 +116,11 @@ def images(folder, size):
 def cmd_compare(a):
     import onnxruntime as ort
     cfg, sd = load_weights(a.weights, a.key)
-    m = VisionTransformer(cfg).eval()
+    m = VisionTransformer.from_config(cfg).eval()
     m.load_state_dict(sd, strict=True)
     x = images(a.images, a.img_size)
     with torch.no_grad():
-        emb, patches, attn = (t.contiguous().numpy() for t in m(torch.from_numpy(x)))
+        emb, patches, attn = (t.contiguous().numpy() for t in m.forward_all(torch.from_numpy(x)))
     ref = {"embedding": emb, "patch_tokens": patches, "attention": attn}
     os.makedirs(a.out, exist_ok=True)
     x.astype("<f4").tofile(os.path.join(a.out, "input.f32"))

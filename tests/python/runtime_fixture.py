@@ -1,4 +1,4 @@
-"""Seeded DINO-style ViT exported to ONNX with dino-rs metadata, for the dino-run tests.
+"""Seeded DINO ViT (`dino_ref.vit`) exported to ONNX with dino-rs metadata, for the dino-run tests.
 
 Follows the exporter contract: input `image` [batch, 3, S, S] (dynamic batch); outputs
 `embedding` [batch, D] (normed CLS token), optionally `patch_tokens` [batch, N, D] and
@@ -11,63 +11,43 @@ Follows the exporter contract: input `image` [batch, 3, S, S] (dynamic batch); o
 
 import argparse
 import json
+import sys
 import warnings
+from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-MEAN = [0.485, 0.456, 0.406]
-STD = [0.229, 0.224, 0.225]
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
+from dino_ref.fixtures import vit_config  # noqa: E402
+from dino_ref.transforms import IMAGENET_MEAN as MEAN, IMAGENET_STD as STD  # noqa: E402
+from dino_ref.vit import VisionTransformer  # noqa: E402
+
+OUTPUTS = ("embedding", "patch_tokens", "attention")
 
 
-class Block(nn.Module):
-    def __init__(self, dim, heads):
+class Outputs(nn.Module):
+    """The ViT with the named subset of its outputs, in order (the ONNX outputs)."""
+
+    def __init__(self, vit, outputs):
         super().__init__()
-        self.heads = heads
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
-
-    def forward(self, x):
-        b, n, c = x.shape
-        qkv = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, c // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = ((q * (c // self.heads) ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-        y = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        x = x + self.proj(y)
-        x = x + self.fc2(nn.functional.gelu(self.fc1(self.norm2(x))))
-        return x, attn
-
-
-class ViT(nn.Module):
-    def __init__(self, img, patch, dim, depth, heads, outputs):
-        super().__init__()
-        self.outputs = outputs
-        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.5)
-        self.pos_embed = nn.Parameter(torch.randn(1, (img // patch) ** 2 + 1, dim) * 0.5)
-        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.vit, self.outputs = vit, outputs
 
     def forward(self, image):
-        x = self.patch_embed(image).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for blk in self.blocks:
-            x, attn = blk(x)
-        x = self.norm(x)
-        out = {"embedding": x[:, 0], "patch_tokens": x[:, 1:], "attention": attn[:, :, 0, 1:]}
+        out = dict(zip(OUTPUTS, self.vit.forward_all(image)))
         return tuple(out[o] for o in self.outputs)
 
 
-def build(args):
+def build(args, cfg):
+    """PyTorch's default init, with a class token and position embedding of std 0.5."""
     torch.manual_seed(args.seed)
+    vit = VisionTransformer.from_config(cfg, init_weights=False)
+    with torch.no_grad():
+        vit.cls_token.copy_(torch.randn_like(vit.cls_token) * 0.5)
+        vit.pos_embed.copy_(torch.randn_like(vit.pos_embed) * 0.5)
     outputs = ["embedding"] + ([] if args.no_attention else ["attention"])
-    model = ViT(args.img, args.patch, args.dim, args.depth, args.heads, outputs).eval()
-    return model, outputs
+    return Outputs(vit, outputs).eval(), outputs
 
 
 def main():
@@ -87,7 +67,8 @@ def main():
     args = p.parse_args()
 
     warnings.filterwarnings("ignore")
-    model, outputs = build(args)
+    vit = vit_config(args.arch, args.patch, args.img, (args.dim, args.depth, args.heads))
+    model, outputs = build(args, vit)
     dtype = torch.float32
     if args.half_io:
         model = model.half()
@@ -105,11 +86,6 @@ def main():
     )
     m = onnx.load(args.out)
     if not args.no_metadata:
-        vit = {
-            "arch": args.arch, "patch_size": args.patch, "img_size": args.img, "in_chans": 3,
-            "embed_dim": args.dim, "depth": args.depth, "num_heads": args.heads,
-            "mlp_ratio": 4.0, "qkv_bias": True, "drop_path_rate": 0.0, "layer_norm_eps": 1e-6,
-        }
         resize = args.resize if args.resize is not None else args.img * 256 // 224
         ev = {"resize_size": resize, "crop_size": args.img, "mean": MEAN, "std": STD}
         props = {

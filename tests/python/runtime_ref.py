@@ -1,7 +1,8 @@
 """Independent Python references for the dino-run and dino-core tests.
 
     python runtime_ref.py embed MODEL.onnx OUT.json IMAGE...
-        PIL + torchvision eval transform (from the model's metadata) + onnxruntime;
+        PIL + torchvision eval transform (`dino_ref.transforms`, settings from the model's
+        metadata) + onnxruntime;
         writes {"<image>": [embedding...]} (raw model output).
     python runtime_ref.py preprocess RESIZE CROP OUT_DIR IMAGE...
         torchvision Resize(BICUBIC)/CenterCrop/ToTensor/Normalize(ImageNet) of each image,
@@ -15,25 +16,18 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-
-def eval_transform(resize, crop, mean, std):
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(crop),
-        transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
 
 
 def embed(model_path, out, images):
     import onnxruntime as ort
     import torch
+    from dino_ref.transforms import eval_transform
 
     sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
     meta = sess.get_modelmeta().custom_metadata_map
@@ -48,7 +42,9 @@ def embed(model_path, out, images):
 
 
 def preprocess(resize, crop, out_dir, images):
-    tf = eval_transform(int(resize), int(crop), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    from dino_ref.transforms import eval_transform
+
+    tf = eval_transform(int(resize), int(crop))
     for i, p in enumerate(images):
         t = tf(Image.open(p).convert("RGB")).numpy().astype("<f4")
         t.tofile(os.path.join(out_dir, f"{i}.f32"))

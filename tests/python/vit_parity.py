@@ -1,5 +1,6 @@
 """Independent references for the dino-models ViT: timm's VisionTransformer, plus the
-official DINO `interpolate_pos_encoding` and an explicit softmax(QK^T/sqrt(d)) attention.
+official DINO `interpolate_pos_encoding` (`dino_ref.vit`) and an explicit
+softmax(QK^T/sqrt(d)) attention.
 
   create  --arch vit_tiny --patch 16 --seed 0 --out W.safetensors
       a timm-initialised backbone saved with the official keys and dino-rs metadata
@@ -10,40 +11,16 @@ official DINO `interpolate_pos_encoding` and an explicit softmax(QK^T/sqrt(d)) a
 import argparse
 import json
 import math
-from functools import partial
+import sys
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
-import timm.models.vision_transformer as tvit
 
-PRESETS = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
-
-
-def build(cfg):
-    return tvit.VisionTransformer(
-        img_size=cfg["img_size"], patch_size=cfg["patch_size"], in_chans=cfg.get("in_chans", 3),
-        embed_dim=cfg["embed_dim"], depth=cfg["depth"], num_heads=cfg["num_heads"],
-        mlp_ratio=cfg.get("mlp_ratio", 4.0), qkv_bias=cfg.get("qkv_bias", True), num_classes=0,
-        norm_layer=partial(torch.nn.LayerNorm, eps=cfg.get("layer_norm_eps", 1e-6)),
-    ).eval()
-
-
-def interpolate_pos_encoding(pos_embed, npatch, w, h, patch):
-    """The official DINO formula, written out again: bicubic with scale_factor (w0+0.1)/sqrt(N)."""
-    N = pos_embed.shape[1] - 1
-    if npatch == N and w == h:
-        return pos_embed
-    cls, grid = pos_embed[:, 0], pos_embed[:, 1:]
-    dim = pos_embed.shape[-1]
-    w0, h0 = w // patch + 0.1, h // patch + 0.1
-    g = int(math.sqrt(N))
-    grid = F.interpolate(grid.reshape(1, g, g, dim).permute(0, 3, 1, 2),
-                         scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)), mode="bicubic")
-    assert int(w0) == grid.shape[-2] and int(h0) == grid.shape[-1]
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
-    return torch.cat((cls.unsqueeze(0), grid), dim=1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python"))
+from dino_ref.fixtures import timm_vit, vit_config  # noqa: E402
+from dino_ref.vit import interpolate_pos_encoding  # noqa: E402
 
 
 def tokens(m, x, patch):
@@ -76,11 +53,8 @@ def main():
     torch.set_num_threads(2)
 
     if a.mode == "create":
-        d, depth, heads = PRESETS[a.arch]
-        cfg = dict(arch=a.arch, patch_size=a.patch, img_size=a.img_size, in_chans=3, embed_dim=d,
-                   depth=depth, num_heads=heads, mlp_ratio=4.0, qkv_bias=True,
-                   drop_path_rate=0.0, layer_norm_eps=1e-6)
-        m = build(cfg)
+        cfg = vit_config(a.arch, a.patch, a.img_size)
+        m = timm_vit(cfg)
         # timm zero-inits some tensors; randomise all so every weight is exercised.
         with torch.no_grad():
             for p in m.parameters():
@@ -92,7 +66,7 @@ def main():
 
     with safe_open(a.weights, "pt") as f:
         cfg = json.loads(f.metadata()["dino_rs.vit"])
-    m = build(cfg)
+    m = timm_vit(cfg)
     missing, unexpected = m.load_state_dict(load_file(a.weights), strict=True)
     x = load_file(a.input)["image"]
     with torch.no_grad():

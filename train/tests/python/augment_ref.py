@@ -7,6 +7,7 @@ each case; every random choice is fixed here so the outputs are deterministic.
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,8 +15,11 @@ import torchvision.transforms.functional as F
 from PIL import Image, ImageFilter, ImageOps
 from torchvision.transforms import InterpolationMode
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "python"))
+from dino_ref.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
+CIFAR = (CIFAR_MEAN, CIFAR_STD)
 
 
 def f32(x):

@@ -1,9 +1,9 @@
 """PyTorch references for the algorithmic pieces of the DINO training step.
 
-Each function below is rewritten after the official facebookresearch/dino code
-(`main_dino.DINOLoss`, `main_dino.train_one_epoch`, `utils.cosine_scheduler`,
+Each case below runs the official facebookresearch/dino pieces as `dino_ref` writes them out
+(`main_dino.DINOLoss`, `main_dino.train_one_epoch`'s EMA, `utils.cosine_scheduler`,
 `utils.get_params_groups`, `utils.clip_gradients`, `utils.cancel_gradients_last_layer`,
-`utils.LARS`) and uses `torch.optim.AdamW` / `torch.optim.SGD` themselves. It is run by the
+`utils.LARS`) and `torch.optim.AdamW` / `torch.optim.SGD` themselves. It is run by the
 `algo_*` tests of dino-train:
 
     python dino_reference.py CASE OUT_DIR [--kind adamw|sgd|lars]
@@ -19,147 +19,18 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "python"))
+from dino_ref.train import DINOLoss, ema_, teacher_temp_schedule  # noqa: E402
+from dino_ref.utils import (LARS, cancel_gradients_last_layer, clip_gradients, cosine_scheduler,  # noqa: E402
+                            get_params_groups)
+
 SEED = 20211
 torch.use_deterministic_algorithms(True)
 torch.set_num_threads(1)
-
-
-# ---------------------------------------------------------------- official pieces
-
-
-def cosine_scheduler(base_value, final_value, epochs, niter_per_ep, warmup_epochs=0, start_warmup_value=0):
-    """utils.cosine_scheduler: linear warmup, then half a cosine, one value per iteration."""
-    warmup = np.array([])
-    warmup_iters = warmup_epochs * niter_per_ep
-    if warmup_epochs > 0:
-        warmup = np.linspace(start_warmup_value, base_value, warmup_iters)
-    iters = np.arange(epochs * niter_per_ep - warmup_iters)
-    cosine = final_value + 0.5 * (base_value - final_value) * (1 + np.cos(np.pi * iters / len(iters)))
-    out = np.concatenate((warmup, cosine))
-    assert len(out) == epochs * niter_per_ep
-    return out
-
-
-def teacher_temp_schedule(warmup_teacher_temp, teacher_temp, warmup_epochs, nepochs):
-    """DINOLoss.teacher_temp_schedule: linear warmup per epoch, then constant."""
-    return np.concatenate((
-        np.linspace(warmup_teacher_temp, teacher_temp, warmup_epochs),
-        np.ones(nepochs - warmup_epochs) * teacher_temp,
-    ))
-
-
-class DINOLoss(torch.nn.Module):
-    """main_dino.DINOLoss on one process (the all-reduce of the batch center is the identity)."""
-
-    def __init__(self, out_dim, ncrops, temps, student_temp=0.1, center_momentum=0.9):
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.ncrops = ncrops
-        self.register_buffer("center", torch.zeros(1, out_dim))
-        self.teacher_temp_schedule = temps
-
-    def forward(self, student_output, teacher_output, epoch):
-        student_out = (student_output / self.student_temp).chunk(self.ncrops)
-        temp = self.teacher_temp_schedule[epoch]
-        teacher_out = F.softmax((teacher_output - self.center) / temp, dim=-1).detach().chunk(2)
-        total_loss = 0
-        n_loss_terms = 0
-        for iq, q in enumerate(teacher_out):
-            for v in range(len(student_out)):
-                if v == iq:
-                    continue
-                loss = torch.sum(-q * F.log_softmax(student_out[v], dim=-1), dim=-1)
-                total_loss += loss.mean()
-                n_loss_terms += 1
-        total_loss /= n_loss_terms
-        self.update_center(teacher_output)
-        return total_loss
-
-    @torch.no_grad()
-    def update_center(self, teacher_output):
-        batch_center = torch.sum(teacher_output, dim=0, keepdim=True) / len(teacher_output)
-        self.center = self.center * self.center_momentum + batch_center * (1 - self.center_momentum)
-
-
-def get_params_groups(named):
-    """utils.get_params_groups: no weight decay for biases and 1-D parameters."""
-    regularized, not_regularized = [], []
-    for name, p in named:
-        if not p.requires_grad:
-            continue
-        if name.endswith(".bias") or len(p.shape) == 1:
-            not_regularized.append(p)
-        else:
-            regularized.append(p)
-    return [{"params": regularized}, {"params": not_regularized, "weight_decay": 0.0}]
-
-
-def clip_gradients(named, clip):
-    """utils.clip_gradients: each gradient clipped on its own to norm `clip`."""
-    norms = []
-    for _, p in named:
-        if p.grad is not None:
-            param_norm = p.grad.data.norm(2)
-            norms.append(param_norm)
-            clip_coef = clip / (param_norm + 1e-6)
-            if clip_coef < 1:
-                p.grad.data.mul_(clip_coef)
-    return norms
-
-
-def cancel_gradients_last_layer(epoch, named, freeze_last_layer):
-    """utils.cancel_gradients_last_layer: drop the head's last-layer gradients early on."""
-    if epoch >= freeze_last_layer:
-        return
-    for n, p in named:
-        if "last_layer" in n:
-            p.grad = None
-
-
-class LARS(torch.optim.Optimizer):
-    """utils.LARS (Barlow Twins): no decay and no trust ratio for 1-D parameters."""
-
-    def __init__(self, params, lr=0, weight_decay=0, momentum=0.9, eta=0.001):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
-
-    @torch.no_grad()
-    def step(self):
-        for g in self.param_groups:
-            for p in g["params"]:
-                dp = p.grad
-                if dp is None:
-                    continue
-                if p.ndim != 1:
-                    dp = dp.add(p, alpha=g["weight_decay"])
-                    param_norm = torch.norm(p)
-                    update_norm = torch.norm(dp)
-                    one = torch.ones_like(param_norm)
-                    q = torch.where(param_norm > 0.0,
-                                    torch.where(update_norm > 0, (g["eta"] * param_norm / update_norm), one),
-                                    one)
-                    dp = dp.mul(q)
-                state = self.state[p]
-                if "mu" not in state:
-                    state["mu"] = torch.zeros_like(p)
-                mu = state["mu"]
-                mu.mul_(g["momentum"]).add_(dp)
-                p.add_(mu, alpha=-g["lr"])
-
-
-def ema_(teacher, student, m):
-    """train_one_epoch's teacher update."""
-    with torch.no_grad():
-        for param_q, param_k in zip(student, teacher):
-            param_k.data.mul_(m).add_((1 - m) * param_q.detach().data)
-
-
-# ---------------------------------------------------------------- cases
 
 
 def case_schedule(out, tensors, config):

@@ -5,11 +5,12 @@
 reads `DIR/inputs.safetensors` (written by the Rust test): the student's initial weights
 under their official state-dict keys (`init.backbone.*`, `init.head.*`), the crops of every
 step (`global_{it}` `[2b, 3, g, g]`, `local_{it}` `[n*b, 3, l, l]`) and, as JSON metadata
-`config`, the configuration in the key names of `dino_model_reference.build` plus `steps`,
+`config`, the configuration in the key names of `dino_ref.train.build` plus `steps`,
 `clip_grad` and `freeze_last_layer`. Runs that many iterations of the official
-`train_one_epoch` body (`dino_model_reference.train_step`) on CPU in fp32 and writes
-`DIR/reference.safetensors`: `loss` (one value per step), the final `student.*`, `teacher.*`
-and `center`, with the number of clipped gradients per step as metadata `clipped`.
+`train_one_epoch` body (`dino_ref.train.train_step`) on CPU in fp32, deterministic on one
+thread, and writes `DIR/reference.safetensors`: `loss` (one value per step), the final
+`student.*`, `teacher.*` and `center`, with the number of clipped gradients per step as
+metadata `clipped`.
 """
 
 import json
@@ -20,7 +21,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from dino_model_reference import build, train_step
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "python"))
+from dino_ref.train import build, train_step  # noqa: E402
+
+torch.use_deterministic_algorithms(True)
+torch.set_num_threads(1)
 
 
 def main():
