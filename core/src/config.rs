@@ -39,17 +39,24 @@ pub struct VitConfig {
     pub layer_norm_eps: f64,
 }
 
+/// The official ViT's settings that no preset changes.
+const IN_CHANS: usize = 3;
+const MLP_RATIO: f64 = 4.0;
+const LAYER_NORM_EPS: f64 = 1e-6;
+/// The size the official presets learn their position embedding at.
+const PRESET_IMG_SIZE: usize = 224;
+
 fn default_in_chans() -> usize {
-    3
+    IN_CHANS
 }
 fn default_mlp_ratio() -> f64 {
-    4.0
+    MLP_RATIO
 }
 fn default_true() -> bool {
     true
 }
 fn default_ln_eps() -> f64 {
-    1e-6
+    LAYER_NORM_EPS
 }
 
 /// The official architecture presets and their widths.
@@ -61,25 +68,38 @@ pub const PRESETS: [(&str, usize, usize, usize); 3] = [
 ];
 
 impl VitConfig {
+    /// A ViT of the given widths with the settings every official preset shares (their
+    /// position-embedding size, MLP ratio, qkv bias, LayerNorm epsilon; no stochastic
+    /// depth); not validated.
+    pub fn new(
+        arch: &str,
+        patch_size: usize,
+        embed_dim: usize,
+        depth: usize,
+        num_heads: usize,
+    ) -> Self {
+        Self {
+            arch: arch.to_string(),
+            patch_size,
+            img_size: PRESET_IMG_SIZE,
+            in_chans: IN_CHANS,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio: MLP_RATIO,
+            qkv_bias: true,
+            drop_path_rate: 0.0,
+            layer_norm_eps: LAYER_NORM_EPS,
+        }
+    }
+
     /// A named preset at a given patch size, with the official 224px position embedding.
     pub fn preset(arch: &str, patch_size: usize) -> Result<Self, CoreError> {
         let &(_, embed_dim, depth, num_heads) = PRESETS
             .iter()
             .find(|p| p.0 == arch)
             .ok_or_else(|| CoreError::UnknownArch(arch.to_string()))?;
-        let cfg = Self {
-            arch: arch.to_string(),
-            patch_size,
-            img_size: 224,
-            in_chans: 3,
-            embed_dim,
-            depth,
-            num_heads,
-            mlp_ratio: 4.0,
-            qkv_bias: true,
-            drop_path_rate: 0.0,
-            layer_norm_eps: 1e-6,
-        };
+        let cfg = Self::new(arch, patch_size, embed_dim, depth, num_heads);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -161,14 +181,19 @@ pub struct HeadConfig {
     pub bottleneck_dim: usize,
 }
 
+/// The official DINO head's depth and widths (`main_dino.py`'s `DINOHead` defaults).
+pub const HEAD_NLAYERS: usize = 3;
+pub const HEAD_HIDDEN_DIM: usize = 2048;
+pub const HEAD_BOTTLENECK_DIM: usize = 256;
+
 fn default_nlayers() -> usize {
-    3
+    HEAD_NLAYERS
 }
 fn default_hidden() -> usize {
-    2048
+    HEAD_HIDDEN_DIM
 }
 fn default_bottleneck() -> usize {
-    256
+    HEAD_BOTTLENECK_DIM
 }
 
 impl HeadConfig {
@@ -179,9 +204,9 @@ impl HeadConfig {
             out_dim,
             use_bn: false,
             norm_last_layer: true,
-            nlayers: 3,
-            hidden_dim: 2048,
-            bottleneck_dim: 256,
+            nlayers: HEAD_NLAYERS,
+            hidden_dim: HEAD_HIDDEN_DIM,
+            bottleneck_dim: HEAD_BOTTLENECK_DIM,
         }
     }
 
