@@ -61,28 +61,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let root = get("--root", "../shared/data/cifar10-mini/train");
     let aug = AugmentConfig {
-        global_size: num("--global", "32")?,
-        local_size: num("--local", "16")?,
-        n_local: num("--n-local", "6")?,
-        photometric: if args.iter().any(|a| a == "--deferred") {
-            Photometric::Deferred
-        } else {
-            Photometric::Cpu
-        },
+        global_crop_size: num("--global", "32")?,
+        local_crop_size: num("--local", "16")?,
+        local_crops_number: num("--n-local", "6")?,
         ..AugmentConfig::default()
+    };
+    let photometric = if args.iter().any(|a| a == "--deferred") {
+        Photometric::Deferred
+    } else {
+        Photometric::Cpu
     };
     let (threads, batch, samples) = (
         num("--threads", "1")?,
         num("--batch", "64")?,
         num("--samples", "5000")?,
     );
-    let aug_photometric = aug.photometric;
     let ds = Arc::new(ImageDataset::open(root.as_ref(), Verify::Header)?);
     let cfg = LoaderConfig {
         batch_size: batch,
         num_workers: threads,
         prefetch: 2,
         seed: 0,
+        photometric,
         ..Default::default()
     };
     let loader = Loader::new(ds, aug, cfg)?;
@@ -111,7 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(f64::NAN);
     println!(
         "{{\"impl\": \"dino-rs\", \"photometric\": \"{:?}\", \"threads\": {}, \"samples\": {done}, \"seconds\": {secs:.3}, \"cpu_seconds\": {cpu:.3}, \"samples_per_s\": {:.1}, \"checksum\": {checksum:.3}}}",
-        aug_photometric,
+        photometric,
         loader.num_threads(),
         done as f64 / secs
     );
@@ -159,9 +159,9 @@ fn photometric_bench(
     iters: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = AugmentConfig {
-        global_size: g,
-        local_size: l,
-        n_local,
+        global_crop_size: g,
+        local_crop_size: l,
+        local_crops_number: n_local,
         ..AugmentConfig::default()
     };
     let aug = MultiCrop::new(cfg.clone())?;

@@ -31,19 +31,20 @@ pub fn bench_step(
     breakdown: bool,
 ) -> Result<serde_json::Value> {
     ensure!(steps > 0, "bench needs at least one timed step");
-    let device = select_device(&cfg.device)?;
+    let device = select_device(cfg.run.device)?;
     // No loader runs here: the step gets every core, as in training without data workers.
     // libtorch's intra-op pool: one thread per core unless OMP_NUM_THREADS says otherwise.
     let threads = tch::get_num_threads();
-    tch::manual_seed(cfg.seed as i64);
+    tch::manual_seed(cfg.run.seed as i64);
     let total = warmup + steps;
     let mut run = DinoStep::new(cfg, total, device)?;
-    let b = cfg.batch_size as i64;
-    let (g, l) = (cfg.global_crop_size as i64, cfg.local_crop_size as i64);
+    let (a, batch) = (&cfg.augment, cfg.optim.batch_size);
+    let b = batch as i64;
+    let (g, l) = (a.global_crop_size as i64, a.local_crop_size as i64);
     let opts = (Kind::Float, device);
     let global = Tensor::randn([2 * b, 3, g, g], opts);
-    let local = (cfg.local_crops_number > 0)
-        .then(|| Tensor::randn([cfg.local_crops_number as i64 * b, 3, l, l], opts));
+    let local = (a.local_crops_number > 0)
+        .then(|| Tensor::randn([a.local_crops_number as i64 * b, 3, l, l], opts));
     let mut last = None;
     let mut t0 = Instant::now();
     for it in 0..total {
@@ -74,10 +75,10 @@ pub fn bench_step(
         "what": "train_step",
         "device": format!("{device:?}"),
         "precision": format!("{:?}", run.precision),
-        "batch_size": cfg.batch_size,
+        "batch_size": batch,
         "threads": threads,
         "steps": steps,
-        "images_per_s": (steps * cfg.batch_size) as f64 / secs,
+        "images_per_s": (steps * batch) as f64 / secs,
         "step_ms": secs * 1e3 / steps as f64,
         "final_loss": loss,
         "breakdown": parts,

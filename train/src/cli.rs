@@ -2,9 +2,11 @@
 
 use std::path::PathBuf;
 
+use clap::builder::PossibleValuesParser;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
-use crate::config::OPTIONS;
+use crate::config::{KnnConfig, OptionInfo, TrainConfig, ValueKind, flag_text, options};
+use crate::device::DeviceSpec;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -87,7 +89,7 @@ pub struct AttentionArgs {
     pub out: PathBuf,
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
     #[arg(long, short)]
     pub quiet: bool,
 }
@@ -163,15 +165,12 @@ impl Args for TrainArgs {
                     .action(clap::ArgAction::SetTrue)
                     .help("print the resolved configuration and exit"),
             );
-        OPTIONS.iter().fold(cmd, |cmd, (key, help)| {
-            cmd.arg(
-                clap::Arg::new(*key)
-                    .long(*key)
-                    .value_name("VALUE")
-                    .help(*help)
-                    .help_heading("Training options (official names)"),
-            )
-        })
+        // Read back from the printed form, so that defaults show as a file has them.
+        let defaults: toml::Table = TrainConfig::default()
+            .to_toml()
+            .parse()
+            .expect("the printed defaults parse");
+        options().fold(cmd, |cmd, o| cmd.arg(option_arg(o, defaults.get(o.key))))
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
@@ -181,9 +180,11 @@ impl Args for TrainArgs {
 
 impl FromArgMatches for TrainArgs {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let overrides = OPTIONS
-            .iter()
-            .filter_map(|(k, _)| m.get_one::<String>(k).map(|v| (k.to_string(), v.clone())))
+        let overrides = options()
+            .filter_map(|o| {
+                let text = m.get_one::<String>(o.key)?;
+                Some((o.key.to_string(), text.clone()))
+            })
             .collect();
         Ok(Self {
             config: m.get_one::<PathBuf>("config").cloned(),
@@ -201,6 +202,24 @@ impl FromArgMatches for TrainArgs {
     }
 }
 
+/// The flag of one training option: its key, help and default from the option table;
+/// an enum option lists its names and refuses others.
+fn option_arg(o: &OptionInfo, default: Option<&toml::Value>) -> clap::Arg {
+    let help = match default.map(flag_text) {
+        Some(d) if !d.is_empty() => format!("{} [default: {d}]", o.help()),
+        _ => o.help().to_string(),
+    };
+    let arg = clap::Arg::new(o.key)
+        .long(o.key)
+        .value_name(o.kind.value_name())
+        .help(help)
+        .help_heading(o.heading);
+    match o.kind {
+        ValueKind::Choice(_, values) => arg.value_parser(PossibleValuesParser::new(values())),
+        _ => arg,
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct KnnArgs {
     /// A teacher.safetensors or training checkpoint (its teacher is used).
@@ -213,10 +232,10 @@ pub struct KnnArgs {
     #[arg(long)]
     pub val: PathBuf,
     /// Neighbours voting.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = KnnConfig::default().knn_k)]
     pub k: usize,
     /// Temperature of the vote weights exp(sim / T).
-    #[arg(long, default_value_t = 0.07)]
+    #[arg(long, default_value_t = KnnConfig::default().knn_temperature)]
     pub temperature: f64,
     /// Images already have the model's input size (e.g. 32x32 CIFAR for an img_size-32
     /// model): no resize, no crop.
@@ -230,7 +249,7 @@ pub struct KnnArgs {
     pub crop: Option<usize>,
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -1,13 +1,16 @@
 //! Device and precision choice: CUDA when present unless told otherwise, and a clear error
 //! (never a silent CPU fallback) when CUDA is asked for and absent.
 
+use std::fmt;
+use std::str::FromStr;
+
 use anyhow::{Result, bail};
 use tch::{Cuda, Device};
 
 /// Sets flush-to-zero and denormals-are-zero for this thread's SSE/AVX arithmetic, as
 /// `torch.set_flush_denormal(True)` does. Threads started afterwards (libtorch's intra-op
 /// pool, the data workers) inherit the setting, so call it first thing in `main`. DINO's
-/// sharpened teacher softmax (temperature 0.04) and the student's log-softmax gradients are
+/// sharpened teacher softmax (temperatures of a few hundredths) and the student's log-softmax gradients are
 /// full of values below 1e-38, which x86 cores compute some hundred times slower than
 /// normal numbers; flushing them changes results only below fp32's normal range.
 pub fn flush_denormals() {
@@ -48,28 +51,80 @@ pub fn retain_freed_memory() {
     }
 }
 
-pub fn select_device(spec: &str) -> Result<Device> {
-    let cuda = |i: usize| -> Result<Device> {
-        let n = Cuda::device_count() as usize;
-        if n == 0 {
-            bail!(
-                "device `{spec}`: CUDA is not available (no GPU, or libtorch_cuda could not load)"
-            );
+/// Where to run (`--device`): CUDA when present (`auto`), the CPU, or a CUDA device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Auto,
+    Cpu,
+    /// `cuda` (device 0) or `cuda:N`.
+    Cuda(Option<usize>),
+}
+
+/// A `--device` that is none of `auto`, `cpu`, `cuda`, `cuda:N`.
+#[derive(Debug, thiserror::Error)]
+#[error("device `{0}`: expected auto, cpu, cuda or cuda:N")]
+pub struct DeviceSpecError(String);
+
+impl FromStr for DeviceSpec {
+    type Err = DeviceSpecError;
+    fn from_str(s: &str) -> Result<Self, DeviceSpecError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(None)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|i| i.parse().ok())
+                .map(|i| Self::Cuda(Some(i)))
+                .ok_or_else(|| DeviceSpecError(s.to_string())),
         }
-        if i >= n {
-            bail!("device `{spec}`: only {n} CUDA device(s)");
-        }
-        Ok(Device::Cuda(i))
-    };
-    match spec {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => cuda(0),
-        s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
-            _ => bail!("device `{spec}`: expected auto, cpu, cuda or cuda:N"),
-        },
     }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(None) => f.write_str("cuda"),
+            Self::Cuda(Some(i)) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// The device `spec` names; CUDA asked for and absent is an error, never a CPU fallback.
+pub fn select_device(spec: DeviceSpec) -> Result<Device> {
+    match spec {
+        DeviceSpec::Auto => Ok(Device::cuda_if_available()),
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(i) => {
+            let (i, n) = (i.unwrap_or(0), Cuda::device_count() as usize);
+            if n == 0 {
+                bail!(
+                    "device `{spec}`: CUDA is not available (no GPU, or libtorch_cuda could not load)"
+                );
+            }
+            if i >= n {
+                bail!("device `{spec}`: only {n} CUDA device(s)");
+            }
+            Ok(Device::Cuda(i))
+        }
+    }
+}
+
+/// `--precision`: what the forward passes compute in, resolved for the device by
+/// [`Precision::resolve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum PrecisionSpec {
+    /// bf16 on CUDA, fp32 on CPU
+    Auto,
+    /// CUDA autocast to bfloat16
+    Bf16,
+    /// CUDA autocast to float16 with loss scaling (the official use_fp16)
+    Fp16,
+    /// no autocast
+    Fp32,
 }
 
 /// Arithmetic precision of the forward pass.
@@ -83,15 +138,15 @@ pub enum Precision {
 }
 
 impl Precision {
-    pub fn resolve(spec: &str, device: Device) -> Result<Self> {
+    pub fn resolve(spec: PrecisionSpec, device: Device) -> Result<Self> {
+        use PrecisionSpec as S;
         let p = match (spec, device.is_cuda()) {
-            ("fp32", _) | ("auto", false) => Self::Fp32,
-            ("auto" | "bf16", true) => Self::Bf16,
-            ("fp16", true) => Self::Fp16,
-            (p @ ("bf16" | "fp16"), false) => bail!(
+            (S::Fp32, _) | (S::Auto, false) => Self::Fp32,
+            (S::Auto | S::Bf16, true) => Self::Bf16,
+            (S::Fp16, true) => Self::Fp16,
+            (p @ (S::Bf16 | S::Fp16), false) => bail!(
                 "precision `{p}` needs CUDA (CPU autocast is slower than fp32 without AMX); use fp32 or auto"
             ),
-            (p, _) => bail!("precision `{p}`: expected auto, bf16, fp16 or fp32"),
         };
         if p != Self::Fp32 {
             set_cuda_autocast_dtype(p == Self::Bf16);
@@ -175,12 +230,24 @@ mod tests {
     }
 
     #[test]
+    fn device_spec_round_trips() {
+        for s in ["auto", "cpu", "cuda", "cuda:1"] {
+            assert_eq!(s.parse::<DeviceSpec>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "cuda:1".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Cuda(Some(1))
+        );
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
     fn cpu_rejects_reduced_precision() {
         assert_eq!(
-            Precision::resolve("auto", Device::Cpu).unwrap(),
+            Precision::resolve(PrecisionSpec::Auto, Device::Cpu).unwrap(),
             Precision::Fp32
         );
-        assert!(Precision::resolve("bf16", Device::Cpu).is_err());
-        assert!(select_device("cuda:x").is_err());
+        assert!(Precision::resolve(PrecisionSpec::Bf16, Device::Cpu).is_err());
+        assert!("cuda:x".parse::<DeviceSpec>().is_err());
     }
 }

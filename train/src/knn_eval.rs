@@ -128,17 +128,18 @@ pub fn during_training(
     device: Device,
     quiet: bool,
 ) -> Result<KnnResult> {
+    let k = &cfg.knn;
     let (train, val) = (
-        cfg.knn_train.as_deref().context("knn_train is not set")?,
-        cfg.knn_val.as_deref().context("knn_val is not set")?,
+        k.knn_train.as_deref().context("knn_train is not set")?,
+        k.knn_val.as_deref().context("knn_val is not set")?,
     );
     evaluate(
         &teacher.backbone,
         train,
         val,
         &cfg.eval_transform(),
-        cfg.knn_k,
-        cfg.knn_temperature,
+        k.knn_k,
+        k.knn_temperature,
         device,
         quiet,
     )

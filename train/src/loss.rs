@@ -10,61 +10,50 @@
 use tch::{Kind, Tensor};
 
 use crate::algo_error::AlgoError;
-
-/// Construction parameters of [`DinoLoss`], named after the official arguments.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DinoLossConfig {
-    pub out_dim: usize,
-    /// Total number of crops: 2 global + `local_crops_number`.
-    pub ncrops: usize,
-    /// Teacher temperature per epoch ([`crate::schedule::teacher_temp_schedule`]).
-    pub teacher_temp_schedule: Vec<f64>,
-    /// 0.1 in the official code.
-    pub student_temp: f64,
-    /// 0.9 in the official code.
-    pub center_momentum: f64,
-}
-
-impl DinoLossConfig {
-    /// The official student temperature (0.1) and center momentum (0.9).
-    pub fn new(out_dim: usize, ncrops: usize, teacher_temp_schedule: Vec<f64>) -> Self {
-        Self {
-            out_dim,
-            ncrops,
-            teacher_temp_schedule,
-            student_temp: 0.1,
-            center_momentum: 0.9,
-        }
-    }
-}
+use crate::config::TeacherConfig;
 
 /// Official `DINOLoss`: owns the running center (a `(1, out_dim)` fp32 buffer that belongs
 /// in checkpoints) and the teacher temperature schedule.
 #[derive(Debug)]
 pub struct DinoLoss {
-    cfg: DinoLossConfig,
+    /// The student temperature and the center momentum.
+    cfg: TeacherConfig,
+    out_dim: usize,
+    /// Total number of crops: 2 global + `local_crops_number`.
+    ncrops: usize,
+    /// Teacher temperature per epoch ([`crate::schedule::teacher_temp_schedule`]).
+    teacher_temp_schedule: Vec<f64>,
     center: Tensor,
 }
 
 impl DinoLoss {
-    pub fn new(cfg: DinoLossConfig, device: tch::Device) -> Result<Self, AlgoError> {
-        if cfg.ncrops < 2 {
+    /// The loss of `cfg` over `ncrops` views of `out_dim` logits, with the teacher
+    /// temperature of each epoch from `teacher_temp_schedule`.
+    pub fn new(
+        cfg: &TeacherConfig,
+        out_dim: usize,
+        ncrops: usize,
+        teacher_temp_schedule: Vec<f64>,
+        device: tch::Device,
+    ) -> Result<Self, AlgoError> {
+        if ncrops < 2 {
             return Err(AlgoError::LossShape(format!(
-                "ncrops is {}, but DINO needs at least the 2 global crops",
-                cfg.ncrops
+                "ncrops is {ncrops}, but DINO needs at least the 2 global crops"
             )));
         }
-        if cfg.out_dim == 0 || cfg.teacher_temp_schedule.is_empty() {
+        if out_dim == 0 || teacher_temp_schedule.is_empty() {
             return Err(AlgoError::LossShape(
                 "out_dim and the teacher temperature schedule must not be empty".into(),
             ));
         }
-        let center = Tensor::f_zeros([1, cfg.out_dim as i64], (Kind::Float, device))?;
-        Ok(Self { cfg, center })
-    }
-
-    pub fn config(&self) -> &DinoLossConfig {
-        &self.cfg
+        let center = Tensor::f_zeros([1, out_dim as i64], (Kind::Float, device))?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            out_dim,
+            ncrops,
+            teacher_temp_schedule,
+            center,
+        })
     }
 
     /// The running center of the teacher logits, `(1, out_dim)`, fp32.
@@ -74,7 +63,7 @@ impl DinoLoss {
 
     /// Restores the center (from a checkpoint); it is copied, fp32, on the center's device.
     pub fn set_center(&mut self, center: &Tensor) -> Result<(), AlgoError> {
-        let want = [1, self.cfg.out_dim as i64];
+        let want = [1, self.out_dim as i64];
         if center.size() != want {
             return Err(AlgoError::LossShape(format!(
                 "center has shape {:?}, expected {want:?}",
@@ -91,14 +80,13 @@ impl DinoLoss {
     /// The teacher temperature of `epoch`; an epoch past the schedule is an error (an index
     /// error in the official code too).
     pub fn teacher_temp(&self, epoch: usize) -> Result<f64, AlgoError> {
-        self.cfg
-            .teacher_temp_schedule
+        self.teacher_temp_schedule
             .get(epoch)
             .copied()
             .ok_or_else(|| {
                 AlgoError::LossShape(format!(
                     "epoch {epoch} is past the {}-epoch teacher temperature schedule",
-                    self.cfg.teacher_temp_schedule.len()
+                    self.teacher_temp_schedule.len()
                 ))
             })
     }
@@ -121,10 +109,10 @@ impl DinoLoss {
         let student = student_output.f_to_kind(Kind::Float)?;
         let teacher = teacher_output.f_to_kind(Kind::Float)?;
 
-        let (n, d) = (self.cfg.ncrops as i64, self.cfg.out_dim as i64);
+        let (n, d) = (self.ncrops as i64, self.out_dim as i64);
         let b_rows = teacher.size()[0] / 2;
         // One log-softmax over all views instead of one per (teacher, student) pair: with
-        // 12 crops and 65536 prototypes the per-pair form recomputes it 22 times.
+        // 12 crops and the official out_dim the per-pair form recomputes it 22 times.
         let log_p = student
             .f_div_scalar(self.cfg.student_temp)?
             .f_log_softmax(-1, Kind::Float)?
@@ -197,8 +185,8 @@ impl DinoLoss {
 
     fn check_shapes(&self, student: &Tensor, teacher: &Tensor) -> Result<(), AlgoError> {
         let (s, t) = (student.size(), teacher.size());
-        let d = self.cfg.out_dim as i64;
-        let n = self.cfg.ncrops as i64;
+        let d = self.out_dim as i64;
+        let n = self.ncrops as i64;
         if s.len() != 2 || t.len() != 2 || s[1] != d || t[1] != d {
             return Err(AlgoError::LossShape(format!(
                 "student {s:?} and teacher {t:?} outputs must be (rows, {d})"

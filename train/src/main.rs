@@ -36,7 +36,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn attention(a: AttentionArgs) -> Result<()> {
-    let device = device::select_device(&a.device)?;
+    let device = device::select_device(a.device)?;
     let opts = attention::AttentionOptions {
         img_size: a.img_size,
         threshold: a.threshold,
@@ -80,7 +80,7 @@ fn train(a: TrainArgs) -> Result<()> {
         return Ok(());
     }
     anyhow::ensure!(
-        !cfg.data_path.as_os_str().is_empty(),
+        !cfg.run.data_path.as_os_str().is_empty(),
         "no data_path: give --data_path <ImageFolder> or set it in the config file"
     );
     let s = trainer::train(
@@ -100,14 +100,14 @@ fn train(a: TrainArgs) -> Result<()> {
         eprintln!(
             "stopped after {} epoch(s); continue with --resume --output_dir {}",
             s.epochs_run,
-            cfg.output_dir.display()
+            cfg.run.output_dir.display()
         );
     }
     Ok(())
 }
 
 fn knn(a: KnnArgs) -> Result<()> {
-    let device = device::select_device(&a.device)?;
+    let device = device::select_device(a.device)?;
     let loaded = dino_models::io::load_backbone(&a.checkpoint, device)
         .with_context(|| format!("cannot load {}", a.checkpoint.display()))?;
     let img = loaded.model.cfg.img_size;
@@ -124,7 +124,7 @@ fn knn(a: KnnArgs) -> Result<()> {
     } else {
         let crop = a.crop.unwrap_or(base.crop_size);
         let resize = a.resize.unwrap_or(if a.crop.is_some() {
-            crop * 256 / 224
+            EvalTransform::standard(crop).resize_size
         } else {
             base.resize_size
         });

@@ -7,6 +7,7 @@
 //! f64 operations in the same order as numpy, so they agree to the last bit or two.
 
 use crate::algo_error::AlgoError;
+use crate::config::{OptimConfig, TeacherConfig};
 
 /// `numpy.linspace(start, stop, num)` with its exact arithmetic: `i * step + start` with
 /// `step = (stop - start) / (num - 1)`, the last value set to `stop`, and the `step == 0`
@@ -108,46 +109,6 @@ pub fn teacher_temp_schedule(
     Ok(s)
 }
 
-/// The hyper-parameters the schedules are built from, named and defaulted as the official
-/// `main_dino.py` arguments.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ScheduleConfig {
-    pub epochs: usize,
-    pub niter_per_ep: usize,
-    /// Total batch size over all processes (`batch_size_per_gpu * world_size`).
-    pub batch_size: usize,
-    /// Learning rate at the end of the warmup for a batch of 256 (linear scaling rule).
-    pub lr: f64,
-    pub min_lr: f64,
-    pub warmup_epochs: usize,
-    pub weight_decay: f64,
-    pub weight_decay_end: f64,
-    pub momentum_teacher: f64,
-    pub warmup_teacher_temp: f64,
-    pub teacher_temp: f64,
-    pub warmup_teacher_temp_epochs: usize,
-}
-
-impl ScheduleConfig {
-    /// The official defaults for the given run length and batch size.
-    pub fn official(epochs: usize, niter_per_ep: usize, batch_size: usize) -> Self {
-        Self {
-            epochs,
-            niter_per_ep,
-            batch_size,
-            lr: 0.0005,
-            min_lr: 1e-6,
-            warmup_epochs: 10,
-            weight_decay: 0.04,
-            weight_decay_end: 0.4,
-            momentum_teacher: 0.996,
-            warmup_teacher_temp: 0.04,
-            teacher_temp: 0.04,
-            warmup_teacher_temp_epochs: 0,
-        }
-    }
-}
-
 /// The values one training iteration uses.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepValues {
@@ -175,33 +136,41 @@ pub struct Schedules {
 }
 
 impl Schedules {
-    pub fn new(c: &ScheduleConfig) -> Result<Self, AlgoError> {
+    /// The schedules of `optim.epochs` epochs of `niter_per_ep` iterations: learning rate and
+    /// weight decay from `optim` (the lr for a batch of `optim.batch_size`), teacher momentum
+    /// and temperature from `teacher`.
+    pub fn new(
+        optim: &OptimConfig,
+        teacher: &TeacherConfig,
+        niter_per_ep: usize,
+    ) -> Result<Self, AlgoError> {
+        let (o, t, epochs) = (optim, teacher, optim.epochs);
         // Linear scaling rule (Goyal et al.): the base lr is given for a batch of 256.
-        let base_lr = c.lr * c.batch_size as f64 / 256.0;
+        let base_lr = o.lr * o.batch_size as f64 / 256.0;
         Ok(Self {
-            niter_per_ep: c.niter_per_ep,
+            niter_per_ep,
             lr: cosine_scheduler(
                 base_lr,
-                c.min_lr,
-                c.epochs,
-                c.niter_per_ep,
-                c.warmup_epochs,
+                o.min_lr,
+                epochs,
+                niter_per_ep,
+                o.warmup_epochs,
                 0.0,
             )?,
             wd: cosine_scheduler(
-                c.weight_decay,
-                c.weight_decay_end,
-                c.epochs,
-                c.niter_per_ep,
+                o.weight_decay,
+                o.weight_decay_end,
+                epochs,
+                niter_per_ep,
                 0,
                 0.0,
             )?,
-            momentum: cosine_scheduler(c.momentum_teacher, 1.0, c.epochs, c.niter_per_ep, 0, 0.0)?,
+            momentum: cosine_scheduler(t.momentum_teacher, 1.0, epochs, niter_per_ep, 0, 0.0)?,
             teacher_temp: teacher_temp_schedule(
-                c.warmup_teacher_temp,
-                c.teacher_temp,
-                c.warmup_teacher_temp_epochs,
-                c.epochs,
+                t.warmup_teacher_temp,
+                t.teacher_temp,
+                t.warmup_teacher_temp_epochs,
+                epochs,
             )?,
         })
     }

@@ -8,11 +8,11 @@ use crate::clip::{cancel_gradients_last_layer, clip_gradients};
 use crate::config::TrainConfig;
 use crate::device::Precision;
 use crate::ema::{EmaPairs, FlatEma};
-use crate::loss::{DinoLoss, DinoLossConfig};
+use crate::loss::DinoLoss;
 use crate::model::DinoNet;
 use crate::optim::{Optimizer, get_params_groups};
 use crate::scaler::GradScaler;
-use crate::schedule::{ScheduleConfig, Schedules, StepValues};
+use crate::schedule::{Schedules, StepValues};
 
 pub struct DinoStep {
     pub student: DinoNet,
@@ -40,23 +40,20 @@ pub struct StepOut {
 impl DinoStep {
     /// Fresh networks (libtorch must be seeded by the caller) for `niter` steps per epoch.
     pub fn new(cfg: &TrainConfig, niter: usize, device: Device) -> Result<Self> {
-        let precision = Precision::resolve(&cfg.precision, device)?;
-        let schedules = Schedules::new(&schedule_config(cfg, niter))?;
+        let precision = Precision::resolve(cfg.optim.precision, device)?;
+        let schedules = Schedules::new(&cfg.optim, &cfg.teacher, niter)?;
         let student = DinoNet::new(&cfg.vit()?, &cfg.head(), device);
         let teacher = DinoNet::teacher_of(&student, device);
         let params = student.trainable();
-        let mut optimizer = Optimizer::new(
-            cfg.optimizer.parse()?,
-            get_params_groups(student.trainable()),
-        );
-        let mut loss_cfg = DinoLossConfig::new(
-            cfg.out_dim,
-            2 + cfg.local_crops_number,
+        let mut optimizer =
+            Optimizer::new(cfg.optim.optimizer, get_params_groups(student.trainable()));
+        let loss = DinoLoss::new(
+            &cfg.teacher,
+            cfg.model.out_dim,
+            2 + cfg.augment.local_crops_number,
             schedules.teacher_temp.clone(),
-        );
-        loss_cfg.student_temp = cfg.student_temp;
-        loss_cfg.center_momentum = cfg.center_momentum;
-        let loss = DinoLoss::new(loss_cfg, device)?;
+            device,
+        )?;
         let ema = FlatEma::new(EmaPairs::new(
             teacher.trainable_and_frozen(),
             student.trainable_and_frozen(),
@@ -73,8 +70,8 @@ impl DinoStep {
             params,
             ema,
             scaler: (precision == Precision::Fp16).then(GradScaler::default),
-            clip_grad: cfg.clip_grad,
-            freeze_last_layer: cfg.freeze_last_layer,
+            clip_grad: cfg.optim.clip_grad,
+            freeze_last_layer: cfg.optim.freeze_last_layer,
         })
     }
 
@@ -135,22 +132,5 @@ impl DinoStep {
             teacher_out,
             values: v,
         })
-    }
-}
-
-fn schedule_config(cfg: &TrainConfig, niter: usize) -> ScheduleConfig {
-    ScheduleConfig {
-        epochs: cfg.epochs,
-        niter_per_ep: niter,
-        batch_size: cfg.batch_size,
-        lr: cfg.lr,
-        min_lr: cfg.min_lr,
-        warmup_epochs: cfg.warmup_epochs,
-        weight_decay: cfg.weight_decay,
-        weight_decay_end: cfg.weight_decay_end,
-        momentum_teacher: cfg.momentum_teacher,
-        warmup_teacher_temp: cfg.warmup_teacher_temp,
-        teacher_temp: cfg.teacher_temp,
-        warmup_teacher_temp_epochs: cfg.warmup_teacher_temp_epochs,
     }
 }

@@ -16,8 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{
-    AugmentConfig, DevicePhotometric, ImageDataset, Loader, LoaderConfig, MultiCropBatch,
-    Photometric, Verify,
+    DevicePhotometric, ImageDataset, Loader, LoaderConfig, MultiCropBatch, Photometric, Verify,
 };
 use crate::device::select_device;
 use crate::loss::max_entropy;
@@ -53,7 +52,7 @@ pub struct RunOptions {
 /// Trains as `cfg` says. The teacher backbone is written when the last epoch is done.
 pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let (resume, quiet) = (opts.resume, opts.quiet);
-    let out = &cfg.output_dir;
+    let out = &cfg.run.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let ckpt_path = out.join(CHECKPOINT);
     if ckpt_path.exists() && !resume {
@@ -62,35 +61,34 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             ckpt_path.display()
         );
     }
-    let device = select_device(&cfg.device)?;
+    let device = select_device(cfg.run.device)?;
+    let data_path = &cfg.run.data_path;
     let dataset = Arc::new(
-        ImageDataset::open(&cfg.data_path, Verify::Full)
-            .with_context(|| format!("cannot load data_path {}", cfg.data_path.display()))?,
+        ImageDataset::open(data_path, Verify::Full)
+            .with_context(|| format!("cannot load data_path {}", data_path.display()))?,
     );
     for s in dataset.skipped() {
         eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
     }
-    let photometric = photometric_mode(cfg, device);
+    let photometric = cfg.run.photometric.resolve(device);
     // With the photometric stage on the device the workers only decode, crop and resize.
     let device_photo = (photometric == Photometric::Deferred)
-        .then(|| DevicePhotometric::new(cfg.mean, cfg.std, device));
+        .then(|| DevicePhotometric::new(cfg.augment.mean, cfg.augment.std, device));
     let loader = Loader::new(
         dataset.clone(),
-        AugmentConfig {
-            photometric,
-            ..augment_config(cfg)
-        },
+        cfg.augment.clone(),
         LoaderConfig {
-            batch_size: cfg.batch_size,
-            num_workers: cfg.num_workers,
+            batch_size: cfg.optim.batch_size,
+            num_workers: cfg.run.num_workers,
             prefetch: 3,
-            seed: cfg.seed,
+            seed: cfg.run.seed,
             shuffle: true,
             drop_last: true,
+            photometric,
         },
     )?;
     let niter = loader.batches_per_epoch();
-    tch::manual_seed(checkpoint::seed_for_epoch(cfg.seed, usize::MAX));
+    tch::manual_seed(checkpoint::seed_for_epoch(cfg.run.seed, usize::MAX));
     let mut run = DinoStep::new(cfg, niter, device)?;
 
     let (mut start_epoch, mut step) = (0, 0);
@@ -112,7 +110,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
     std::fs::write(out.join(CONFIG), cfg.to_toml())
         .with_context(|| format!("cannot write {}", out.join(CONFIG).display()))?;
     let mut log = MetricsLog::append(out)?;
-    let max_ent = max_entropy(cfg.out_dim);
+    let max_ent = max_entropy(cfg.model.out_dim);
     let mut summary = Summary {
         epochs_run: 0,
         epoch_losses: Vec::new(),
@@ -121,12 +119,13 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
         finished: false,
     };
 
+    let epochs = cfg.optim.epochs;
     let end_epoch = opts
         .stop_after
-        .map_or(cfg.epochs, |n| (start_epoch + n).min(cfg.epochs));
+        .map_or(epochs, |n| (start_epoch + n).min(epochs));
     for epoch in start_epoch..end_epoch {
-        tch::manual_seed(checkpoint::seed_for_epoch(cfg.seed, epoch));
-        let bar = progress_bar(niter, epoch, cfg.epochs, quiet);
+        tch::manual_seed(checkpoint::seed_for_epoch(cfg.run.seed, epoch));
+        let bar = progress_bar(niter, epoch, epochs, quiet);
         let started = Instant::now();
         let (mut loss_sum, mut seen) = (Tensor::zeros([], (Kind::Float, device)), 0usize);
         let mut window = (Instant::now(), 0usize);
@@ -147,7 +146,7 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             step += 1;
             window.1 += batch.batch_size;
 
-            if step % cfg.log_freq.max(1) == 0 || i + 1 == niter {
+            if step % cfg.run.log_freq.max(1) == 0 || i + 1 == niter {
                 // One host read-back per log_freq steps.
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
@@ -197,14 +196,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             step,
             loss: mean_loss,
             seconds: secs,
-            images_per_s: (seen * cfg.batch_size) as f64 / secs,
+            images_per_s: (seen * cfg.optim.batch_size) as f64 / secs,
             skipped_files: loader.skipped_count(),
         };
         if !quiet {
             eprintln!(
                 "epoch {}/{}: loss {:.4}, {:.1} img/s, {:.0}s",
                 epoch + 1,
-                cfg.epochs,
+                epochs,
                 mean_loss,
                 row.images_per_s,
                 secs
@@ -224,13 +223,15 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
             step,
         };
         checkpoint::save(&ckpt_path, &state)?;
-        if cfg.saveckp_freq > 0 && (epoch + 1) % cfg.saveckp_freq == 0 {
+        let saveckp_freq = cfg.run.saveckp_freq;
+        if saveckp_freq > 0 && (epoch + 1) % saveckp_freq == 0 {
             checkpoint::save(
                 &out.join(format!("checkpoint{:04}.safetensors", epoch + 1)),
                 &state,
             )?;
         }
-        if cfg.knn_freq > 0 && ((epoch + 1) % cfg.knn_freq == 0 || epoch + 1 == cfg.epochs) {
+        let knn_freq = cfg.knn.knn_freq;
+        if knn_freq > 0 && ((epoch + 1) % knn_freq == 0 || epoch + 1 == epochs) {
             let r = crate::knn_eval::during_training(cfg, &run.teacher, device, quiet)?;
             if !quiet {
                 eprintln!(
@@ -245,14 +246,14 @@ pub fn train(cfg: &TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 step,
                 top1: r.top1,
                 top5: r.top5,
-                k: cfg.knn_k,
+                k: cfg.knn.knn_k,
             }))?;
         }
     }
-    if end_epoch == cfg.epochs {
+    if end_epoch == epochs {
         save_teacher_backbone(&summary.teacher_path, &run.teacher, cfg)?;
     }
-    summary.finished = end_epoch == cfg.epochs;
+    summary.finished = end_epoch == epochs;
     summary.skipped_files = loader.skipped_count();
     drop(log);
     if summary.finished {
@@ -306,38 +307,12 @@ fn ensure_compatible(saved: &TrainConfig, now: &TrainConfig, path: &Path) -> Res
         path.display()
     );
     ensure!(
-        saved.batch_size == now.batch_size && saved.optimizer == now.optimizer,
+        saved.optim.batch_size == now.optim.batch_size
+            && saved.optim.optimizer == now.optim.optimizer,
         "{}: batch_size/optimizer differ from the configuration given now",
         path.display()
     );
     Ok(())
-}
-
-/// The multi-crop settings of a training config.
-pub fn augment_config(cfg: &TrainConfig) -> AugmentConfig {
-    AugmentConfig {
-        global_size: cfg.global_crop_size,
-        local_size: cfg.local_crop_size,
-        n_local: cfg.local_crops_number,
-        global_scale: (cfg.global_crops_scale[0], cfg.global_crops_scale[1]),
-        local_scale: (cfg.local_crops_scale[0], cfg.local_crops_scale[1]),
-        global_blur_prob: cfg.global_blur_prob,
-        local_blur_prob: cfg.local_blur_prob,
-        blur_sigma: (cfg.blur_sigma[0], cfg.blur_sigma[1]),
-        solarization_prob: cfg.solarization_prob,
-        mean: cfg.mean,
-        std: cfg.std,
-        ..AugmentConfig::default()
-    }
-}
-
-/// Where the photometric augmentation runs for `cfg.photometric` (validated) on `device`.
-pub fn photometric_mode(cfg: &TrainConfig, device: Device) -> Photometric {
-    match cfg.photometric.as_str() {
-        "device" => Photometric::Deferred,
-        "auto" if device.is_cuda() => Photometric::Deferred,
-        _ => Photometric::Cpu,
-    }
 }
 
 /// Uploads the raw `u8` crops (pinned, asynchronous on CUDA) and runs the photometric stage

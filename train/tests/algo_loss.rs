@@ -8,7 +8,8 @@ mod algo_common;
 
 use algo_common::{max_abs, reference, values};
 use dino_core::testing::assert_close;
-use dino_train::loss::{DinoLoss, DinoLossConfig, max_entropy, teacher_stats};
+use dino_train::config::TeacherConfig;
+use dino_train::loss::{DinoLoss, max_entropy, teacher_stats};
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -16,11 +17,9 @@ fn dino_loss_matches_official_over_several_steps() {
     let r = reference("loss", &[]);
     let temps = r.f64_list("temps");
     let (out_dim, ncrops) = (r.usize("out_dim"), r.usize("ncrops"));
-    let mut loss = DinoLoss::new(
-        DinoLossConfig::new(out_dim, ncrops, temps.clone()),
-        Device::Cpu,
-    )
-    .unwrap();
+    // The official student temperature and centre momentum.
+    let official = TeacherConfig::default();
+    let mut loss = DinoLoss::new(&official, out_dim, ncrops, temps.clone(), Device::Cpu).unwrap();
     let (mut worst_loss, mut worst_grad, mut worst_center) = (0f32, 0f32, 0f32);
     for step in 0..temps.len() {
         let student = r.tensor(&format!("student_{step}"));
@@ -66,7 +65,8 @@ fn dino_loss_matches_official_over_several_steps() {
 
 #[test]
 fn loss_rejects_mismatched_shapes() {
-    let mut loss = DinoLoss::new(DinoLossConfig::new(8, 4, vec![0.04]), Device::Cpu).unwrap();
+    let official = TeacherConfig::default();
+    let mut loss = DinoLoss::new(&official, 8, 4, vec![0.04], Device::Cpu).unwrap();
     let opts = (Kind::Float, Device::Cpu);
     // 4 crops of 3 images need 12 student rows and 6 teacher rows.
     assert!(
@@ -101,7 +101,7 @@ fn loss_rejects_mismatched_shapes() {
         )
         .is_err()
     );
-    assert!(DinoLoss::new(DinoLossConfig::new(8, 1, vec![0.04]), Device::Cpu).is_err());
+    assert!(DinoLoss::new(&TeacherConfig::default(), 8, 1, vec![0.04], Device::Cpu).is_err());
 }
 
 #[test]

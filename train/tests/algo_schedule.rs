@@ -6,7 +6,8 @@
 mod algo_common;
 
 use algo_common::{assert_close_f64, max_rel_f64, reference};
-use dino_train::schedule::{ScheduleConfig, Schedules, cosine_scheduler, teacher_temp_schedule};
+use dino_train::config::{OptimConfig, TeacherConfig};
+use dino_train::schedule::{Schedules, cosine_scheduler, teacher_temp_schedule};
 
 const RTOL: f64 = 1e-7;
 const ATOL: f64 = 1e-15;
@@ -52,29 +53,33 @@ fn schedules_match_numpy() {
     let t = &r.config["train"];
     let u = |k: &str| t[k].as_u64().unwrap() as usize;
     let f = |k: &str| t[k].as_f64().unwrap();
-    let cfg = ScheduleConfig {
+    let optim = OptimConfig {
         epochs: u("epochs"),
-        niter_per_ep: u("niter"),
         batch_size: u("batch"),
         lr: f("lr"),
         min_lr: f("min_lr"),
         warmup_epochs: u("warmup_epochs"),
         weight_decay: f("weight_decay"),
         weight_decay_end: f("weight_decay_end"),
+        ..OptimConfig::default()
+    };
+    let teacher = TeacherConfig {
         momentum_teacher: f("momentum_teacher"),
         warmup_teacher_temp: f("warmup_teacher_temp"),
         teacher_temp: f("teacher_temp"),
         warmup_teacher_temp_epochs: u("warmup_teacher_temp_epochs"),
+        ..TeacherConfig::default()
     };
-    let s = Schedules::new(&cfg).unwrap();
+    let niter_per_ep = u("niter");
+    let s = Schedules::new(&optim, &teacher, niter_per_ep).unwrap();
     check(&s.lr, "train_lr");
     check(&s.wd, "train_wd");
     check(&s.momentum, "train_momentum");
     check(&s.teacher_temp, "train_temp");
     // Per-iteration access: the temperature follows the epoch of the iteration.
-    let at = s.at(cfg.niter_per_ep * 2 + 3).unwrap();
+    let at = s.at(niter_per_ep * 2 + 3).unwrap();
     assert_eq!(at.epoch, 2);
-    assert_eq!(at.lr, s.lr[cfg.niter_per_ep * 2 + 3]);
+    assert_eq!(at.lr, s.lr[niter_per_ep * 2 + 3]);
     assert_eq!(at.teacher_temp, s.teacher_temp[2]);
     assert!(s.at(s.len()).is_err());
     eprintln!("schedules: max relative error {worst:e}");

@@ -106,7 +106,7 @@ fn epoch_length_and_early_drop() {
     let l = Loader::new(
         ds.clone(),
         AugmentConfig {
-            n_local: 0,
+            local_crops_number: 0,
             ..AugmentConfig::cifar()
         },
         keep_last,
@@ -120,11 +120,16 @@ fn epoch_length_and_early_drop() {
 fn deferred_photometric_reproduces_cpu_path() {
     let ds = cifar();
     let cpu = first(&loader(&ds, 2, AugmentConfig::cifar(), 3), 0, 1).remove(0);
-    let deferred_cfg = AugmentConfig {
+    let deferred = LoaderConfig {
+        batch_size: 16,
+        num_workers: 2,
+        prefetch: 2,
+        seed: 3,
         photometric: Photometric::Deferred,
-        ..AugmentConfig::cifar()
+        ..Default::default()
     };
-    let raw_batch = first(&loader(&ds, 2, deferred_cfg, 3), 0, 1).remove(0);
+    let deferred = Loader::new(ds.clone(), AugmentConfig::cifar(), deferred).expect("loader");
+    let raw_batch = first(&deferred, 0, 1).remove(0);
     assert!(raw_batch.global.is_empty() && raw_batch.local.is_empty());
     assert_eq!(raw_batch.indices, cpu.indices);
     let raw = raw_batch.raw.expect("raw crops");

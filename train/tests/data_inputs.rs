@@ -153,7 +153,7 @@ fn every_photo_format_loads_as_rgb() {
         ..Default::default()
     };
     let aug = AugmentConfig {
-        n_local: 2,
+        local_crops_number: 2,
         ..AugmentConfig::default()
     };
     let l = Loader::new(Arc::new(ds), aug, cfg).unwrap();

@@ -12,7 +12,7 @@ const N: u64 = 20_000;
 
 fn draws() -> Vec<Vec<ViewParams>> {
     let aug = MultiCrop::new(AugmentConfig {
-        n_local: 10,
+        local_crops_number: 10,
         ..AugmentConfig::default()
     })
     .unwrap();
@@ -208,7 +208,7 @@ fn configured_blur_and_solarization_rates_are_followed() {
     let swapped = aug(AugmentConfig {
         global_blur_prob: [0.1, 1.0],
         local_blur_prob: 1.0,
-        blur_sigma: (0.2, 0.3),
+        blur_sigma: [0.2, 0.3],
         solarization_prob: [0.5, 0.0],
         ..AugmentConfig::default()
     });
@@ -240,11 +240,11 @@ fn configured_blur_and_solarization_rates_are_followed() {
             ..AugmentConfig::default()
         },
         AugmentConfig {
-            blur_sigma: (0.0, 2.0),
+            blur_sigma: [0.0, 2.0],
             ..AugmentConfig::default()
         },
         AugmentConfig {
-            blur_sigma: (2.0, 1.0),
+            blur_sigma: [2.0, 1.0],
             ..AugmentConfig::default()
         },
     ] {

@@ -25,7 +25,10 @@ use std::collections::HashMap;
 use algo_common::{Reference, max_abs, run_python, values};
 use dino_core::testing::assert_close;
 use dino_models::io::{named_raw, to_raw};
-use dino_train::config::TrainConfig;
+use dino_train::config::{
+    Arch, AugmentConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig, TrainConfig,
+};
+use dino_train::device::{DeviceSpec, PrecisionSpec};
 use dino_train::step::DinoStep;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -37,35 +40,50 @@ const STATE_ATOL: f32 = 1e-4;
 
 fn config() -> TrainConfig {
     TrainConfig {
-        arch: "custom".into(),
-        patch_size: 4,
-        embed_dim: Some(24),
-        depth: Some(2),
-        num_heads: Some(2),
-        out_dim: 64,
-        head_hidden_dim: 48,
-        head_bottleneck_dim: 16,
-        drop_path_rate: 0.0,
-        // A fast teacher, so that the EMA visibly moves it in 20 steps.
-        momentum_teacher: 0.9,
-        warmup_teacher_temp: 0.04,
-        teacher_temp: 0.07,
-        warmup_teacher_temp_epochs: 2,
-        precision: "fp32".into(),
-        // Peak lr 0.128 * 4 / 256 = 2e-3.
-        lr: 0.128,
-        min_lr: 1e-6,
-        warmup_epochs: 1,
-        weight_decay: 0.04,
-        weight_decay_end: 0.4,
-        clip_grad: 0.3,
-        freeze_last_layer: 1,
-        batch_size: 4,
-        epochs: 4,
-        local_crops_number: 2,
-        global_crop_size: 16,
-        local_crop_size: 8,
-        device: "cpu".into(),
+        model: ModelConfig {
+            arch: Arch::Custom,
+            patch_size: 4,
+            embed_dim: Some(24),
+            depth: Some(2),
+            num_heads: Some(2),
+            out_dim: 64,
+            head_hidden_dim: 48,
+            head_bottleneck_dim: 16,
+            drop_path_rate: 0.0,
+            ..ModelConfig::default()
+        },
+        teacher: TeacherConfig {
+            // A fast teacher, so that the EMA visibly moves it in 20 steps.
+            momentum_teacher: 0.9,
+            warmup_teacher_temp: 0.04,
+            teacher_temp: 0.07,
+            warmup_teacher_temp_epochs: 2,
+            ..TeacherConfig::default()
+        },
+        optim: OptimConfig {
+            precision: PrecisionSpec::Fp32,
+            // Peak lr 0.128 * 4 / 256 = 2e-3.
+            lr: 0.128,
+            min_lr: 1e-6,
+            warmup_epochs: 1,
+            weight_decay: 0.04,
+            weight_decay_end: 0.4,
+            clip_grad: 0.3,
+            freeze_last_layer: 1,
+            batch_size: 4,
+            epochs: 4,
+            ..OptimConfig::default()
+        },
+        augment: AugmentConfig {
+            local_crops_number: 2,
+            global_crop_size: 16,
+            local_crop_size: 8,
+            ..AugmentConfig::default()
+        },
+        run: RunConfig {
+            device: DeviceSpec::Cpu,
+            ..RunConfig::default()
+        },
         ..TrainConfig::default()
     }
 }
@@ -73,30 +91,31 @@ fn config() -> TrainConfig {
 /// The configuration in the key names of `dino_model_reference.build`.
 fn reference_config(cfg: &TrainConfig) -> serde_json::Value {
     let vit = cfg.vit().expect("valid config");
+    let (m, t, o) = (&cfg.model, &cfg.teacher, &cfg.optim);
     json!({
         "img_size": vit.img_size, "patch": vit.patch_size, "dim": vit.embed_dim,
-        "depth": vit.depth, "heads": vit.num_heads, "out_dim": cfg.out_dim,
-        "hidden": cfg.head_hidden_dim, "bottleneck": cfg.head_bottleneck_dim,
-        "norm_last_layer": cfg.norm_last_layer, "drop_path_rate": cfg.drop_path_rate,
-        "ncrops": 2 + cfg.local_crops_number, "epochs": cfg.epochs, "niter": NITER,
-        "batch": cfg.batch_size, "lr": cfg.lr, "min_lr": cfg.min_lr,
-        "warmup_epochs": cfg.warmup_epochs, "weight_decay": cfg.weight_decay,
-        "weight_decay_end": cfg.weight_decay_end, "momentum_teacher": cfg.momentum_teacher,
-        "warmup_teacher_temp": cfg.warmup_teacher_temp, "teacher_temp": cfg.teacher_temp,
-        "warmup_teacher_temp_epochs": cfg.warmup_teacher_temp_epochs,
-        "student_temp": cfg.student_temp, "center_momentum": cfg.center_momentum,
-        "steps": STEPS, "clip_grad": cfg.clip_grad, "freeze_last_layer": cfg.freeze_last_layer,
+        "depth": vit.depth, "heads": vit.num_heads, "out_dim": m.out_dim,
+        "hidden": m.head_hidden_dim, "bottleneck": m.head_bottleneck_dim,
+        "norm_last_layer": m.norm_last_layer, "drop_path_rate": m.drop_path_rate,
+        "ncrops": 2 + cfg.augment.local_crops_number, "epochs": o.epochs, "niter": NITER,
+        "batch": o.batch_size, "lr": o.lr, "min_lr": o.min_lr,
+        "warmup_epochs": o.warmup_epochs, "weight_decay": o.weight_decay,
+        "weight_decay_end": o.weight_decay_end, "momentum_teacher": t.momentum_teacher,
+        "warmup_teacher_temp": t.warmup_teacher_temp, "teacher_temp": t.teacher_temp,
+        "warmup_teacher_temp_epochs": t.warmup_teacher_temp_epochs,
+        "student_temp": t.student_temp, "center_momentum": t.center_momentum,
+        "steps": STEPS, "clip_grad": o.clip_grad, "freeze_last_layer": o.freeze_last_layer,
     })
 }
 
 /// Fixed crops of every step: `(global [2b, 3, g, g], local [n*b, 3, l, l])`.
 fn crops(cfg: &TrainConfig) -> Vec<(Tensor, Tensor)> {
     tch::manual_seed(7);
-    let b = cfg.batch_size as i64;
+    let b = cfg.optim.batch_size as i64;
     let (g, l, n) = (
-        cfg.global_crop_size as i64,
-        cfg.local_crop_size as i64,
-        cfg.local_crops_number as i64,
+        cfg.augment.global_crop_size as i64,
+        cfg.augment.local_crop_size as i64,
+        cfg.augment.local_crops_number as i64,
     );
     let opts = (Kind::Float, Device::Cpu);
     (0..STEPS)
@@ -168,7 +187,7 @@ fn twenty_steps_match_the_official_step() {
         epochs.push(out.values.epoch);
     }
     assert_eq!(epochs.first(), Some(&0));
-    assert_eq!(epochs.last(), Some(&(cfg.epochs - 1)));
+    assert_eq!(epochs.last(), Some(&(cfg.optim.epochs - 1)));
 
     let expected_losses = r.f32s("loss");
     let loss_rel = losses

@@ -277,25 +277,27 @@ impl MultiCrop {
         &self.cfg
     }
 
-    /// Draws the `2 + n_local` views of one sample for an image of `(width, height)`:
-    /// global 1 (official: blur p 1.0), global 2 (blur p 0.1, solarize p 0.2), locals
-    /// (blur p 0.5).
+    /// Draws the `2 + local_crops_number` views of one sample for an image of
+    /// `(width, height)`: global 1 and 2 (each with its blur and solarization probability),
+    /// then the locals.
     pub fn sample_views(&self, rng: &mut SampleRng, size: (u32, u32)) -> Vec<ViewParams> {
         let c = &self.cfg;
-        let mut v = Vec::with_capacity(2 + c.n_local);
+        let pair = |[a, b]: [f64; 2]| (a, b);
+        let sigma = pair(c.blur_sigma);
+        let mut v = Vec::with_capacity(2 + c.local_crops_number);
         for i in 0..2 {
-            let blur = (c.global_blur_prob[i], c.blur_sigma);
+            let blur = (c.global_blur_prob[i], sigma);
             v.push(sample_view(
                 rng,
                 size,
-                c.global_scale,
+                pair(c.global_crops_scale),
                 blur,
                 c.solarization_prob[i],
             ));
         }
-        for _ in 0..c.n_local {
-            let blur = (c.local_blur_prob, c.blur_sigma);
-            v.push(sample_view(rng, size, c.local_scale, blur, 0.0));
+        for _ in 0..c.local_crops_number {
+            let blur = (c.local_blur_prob, sigma);
+            v.push(sample_view(rng, size, pair(c.local_crops_scale), blur, 0.0));
         }
         v
     }

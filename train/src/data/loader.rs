@@ -106,7 +106,7 @@ impl Loader {
             .name("dino-data-prefetch".into())
             .spawn(move || {
                 for chunk in order.chunks(cfg.batch_size).take(n_batches) {
-                    let batch = pool.install(|| make_batch(&ds, &aug, cfg.seed, epoch, chunk));
+                    let batch = pool.install(|| make_batch(&ds, &aug, &cfg, epoch, chunk));
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         break;
@@ -135,18 +135,19 @@ fn slots<T>(buf: &mut [T], image_len: usize, b: usize) -> Vec<Vec<&mut [T]>> {
 fn make_batch(
     ds: &ImageDataset,
     aug: &MultiCrop,
-    seed: u64,
+    cfg: &LoaderConfig,
     epoch: u64,
     chunk: &[usize],
 ) -> Result<MultiCropBatch, DataError> {
     let c = aug.config();
-    let (b, g, l) = (chunk.len(), c.global_size, c.local_size);
+    let (b, g, l) = (chunk.len(), c.global_crop_size, c.local_crop_size);
+    let n_local = c.local_crops_number;
     let (glen, llen) = (3 * g * g, 3 * l * l);
-    let deferred = c.photometric == Photometric::Deferred;
+    let deferred = cfg.photometric == Photometric::Deferred;
     let mut global = vec![0f32; if deferred { 0 } else { 2 * b * glen }];
-    let mut local = vec![0f32; if deferred { 0 } else { c.n_local * b * llen }];
+    let mut local = vec![0f32; if deferred { 0 } else { n_local * b * llen }];
     let mut raw_g = vec![0u8; if deferred { 2 * b * glen } else { 0 }];
-    let mut raw_l = vec![0u8; if deferred { c.n_local * b * llen } else { 0 }];
+    let mut raw_l = vec![0u8; if deferred { n_local * b * llen } else { 0 }];
     let mut per_sample: Vec<(Vec<ViewOut<'_>>, usize)> = if deferred {
         let gs = slots(&mut raw_g, glen, b);
         let ls = slots(&mut raw_l, llen, b);
@@ -168,7 +169,7 @@ fn make_batch(
         .par_iter_mut()
         .map(|(outs, index)| {
             let (used, img) = ds.load_or_next(*index)?;
-            let mut rng = SampleRng::for_sample(seed, epoch, *index as u64);
+            let mut rng = SampleRng::for_sample(cfg.seed, epoch, *index as u64);
             let views = aug.sample_views(&mut rng, img.dimensions());
             for (k, (v, out)) in views.iter().zip(outs.drain(..)).enumerate() {
                 aug.render(&img, v, if k < 2 { g } else { l }, out)?;
@@ -196,14 +197,14 @@ fn make_batch(
             global: raw_g,
             local: raw_l,
             global_params: view_major(0..2),
-            local_params: view_major(2..2 + c.n_local),
+            local_params: view_major(2..2 + n_local),
         }
     });
     Ok(MultiCropBatch {
         batch_size: b,
         global_size: g,
         local_size: l,
-        n_local: c.n_local,
+        n_local,
         global,
         local,
         labels,

@@ -5,12 +5,13 @@
 //! (torchvision transforms on PIL images) operation by operation, including PIL's integer
 //! rounding, so that a model trained here sees the same input distribution:
 //!
-//! * 2 global crops: `RandomResizedCrop(global_size, global_crops_scale, bicubic)`, flip,
-//!   `ColorJitter(0.4, 0.4, 0.2, 0.1)` with p = 0.8, grayscale with p = 0.2, Gaussian blur
-//!   (p = 1.0 on the first view, 0.1 on the second) and solarization (p = 0.2, second only);
-//! * `n_local` local crops: the same at `local_size` / `local_crops_scale`, blur with p = 0.5;
-//!   (the blur and solarization probabilities and the blur's sigma range are configurable:
-//!   a sigma of 2 pixels erases most of a 32x32 image, so CIFAR recipes turn the blur off);
+//! * 2 global crops: `RandomResizedCrop(global_crop_size, global_crops_scale, bicubic)`,
+//!   flip, `ColorJitter(0.4, 0.4, 0.2, 0.1)` with p = 0.8, grayscale with p = 0.2, Gaussian
+//!   blur (`global_blur_prob`, one per view) and solarization (`solarization_prob`);
+//! * `local_crops_number` local crops: the same at `local_crop_size` / `local_crops_scale`,
+//!   blur with `local_blur_prob`, no solarization (the probabilities and the blur's sigma
+//!   range are the paper's by default: a sigma of 2 pixels erases most of a 32x32 image, so
+//!   CIFAR recipes turn the blur off);
 //! * `ToTensor` + `Normalize(mean, std)`.
 //!
 //! Every (seed, epoch, sample index) owns its random stream ([`SampleRng`]), so batches are
@@ -39,7 +40,8 @@ mod rng;
 use std::path::PathBuf;
 
 use dino_core::CoreError;
-use dino_core::config::{IMAGENET_MEAN, IMAGENET_STD};
+
+use crate::config::OptimConfig;
 
 pub use augment::{ColorJitterParams, CropBox, JitterOp, MultiCrop, PhotometricParams, ViewParams};
 pub use dataset::{ImageDataset, SkippedFile, Verify};
@@ -83,88 +85,82 @@ pub enum Photometric {
     Deferred,
 }
 
-/// The multi-crop augmentation settings (`main_dino.py` arguments).
-#[derive(Clone, Debug, PartialEq)]
-pub struct AugmentConfig {
-    /// Side of the two global crops (224 for ImageNet, 32 for CIFAR).
-    pub global_size: usize,
-    /// Side of the local crops (96 for ImageNet, 16 for CIFAR).
-    pub local_size: usize,
-    /// Number of local crops per sample (`local_crops_number`).
-    pub n_local: usize,
-    /// `global_crops_scale`: area fraction range of the global crops.
-    pub global_scale: (f64, f64),
-    /// `local_crops_scale`: area fraction range of the local crops.
-    pub local_scale: (f64, f64),
-    /// Blur probability of global views 1 and 2 (official: 1.0, 0.1).
-    pub global_blur_prob: [f64; 2],
-    /// Blur probability of each local view (official: 0.5).
-    pub local_blur_prob: f64,
-    /// Range of the blur's sigma, in pixels of the rendered crop (official: 0.1 to 2.0).
-    pub blur_sigma: (f64, f64),
-    /// Solarization probability of global views 1 and 2 (official: 0.0, 0.2).
-    pub solarization_prob: [f64; 2],
-    /// `Normalize` mean and std, per RGB channel.
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    pub photometric: Photometric,
+/// `--photometric`: where the photometric stage of training runs, resolved for the training
+/// device by [`PhotometricSpec::resolve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lower")]
+pub enum PhotometricSpec {
+    /// on the training device when it is a GPU, else on the data workers
+    Auto,
+    /// on the data workers
+    Cpu,
+    /// batched on the training device
+    Device,
 }
 
-impl Default for AugmentConfig {
-    /// The official ImageNet defaults: 224/96, 8 local crops (as in the paper's main runs).
-    fn default() -> Self {
-        Self {
-            global_size: 224,
-            local_size: 96,
-            n_local: 8,
-            global_scale: (0.4, 1.0),
-            local_scale: (0.05, 0.4),
-            global_blur_prob: [1.0, 0.1],
-            local_blur_prob: 0.5,
-            blur_sigma: (0.1, 2.0),
-            solarization_prob: [0.0, 0.2],
-            mean: IMAGENET_MEAN,
-            std: IMAGENET_STD,
-            photometric: Photometric::Cpu,
+impl PhotometricSpec {
+    /// Where the photometric stage runs when training on `device`.
+    pub fn resolve(self, device: tch::Device) -> Photometric {
+        match self {
+            Self::Cpu => Photometric::Cpu,
+            Self::Device => Photometric::Deferred,
+            Self::Auto if device.is_cuda() => Photometric::Deferred,
+            Self::Auto => Photometric::Cpu,
         }
     }
 }
+
+/// The multi-crop settings, a section of the training options (defaults and help there).
+pub use crate::config::AugmentConfig;
 
 impl AugmentConfig {
     /// CIFAR-sized crops (32/16, 6 local crops) with CIFAR statistics.
     pub fn cifar() -> Self {
         Self {
-            global_size: 32,
-            local_size: 16,
-            n_local: 6,
+            global_crop_size: 32,
+            local_crop_size: 16,
+            local_crops_number: 6,
             mean: CIFAR_MEAN,
             std: CIFAR_STD,
             ..Self::default()
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), DataError> {
-        let bad = |what: &str| Err(DataError::Config(what.to_string()));
-        let scale_ok = |(a, b): (f64, f64)| a > 0.0 && a <= b && b <= 1.0;
-        if self.global_size == 0 || self.local_size == 0 {
-            return bad("crop sizes must be positive");
+    /// Checks the crop sizes, scales, probabilities, blur range and normalisation; errors
+    /// name the option.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad = |what: String| Err(DataError::Config(what));
+        if self.global_crop_size == 0 || self.local_crop_size == 0 {
+            return bad("global_crop_size and local_crop_size must be positive".into());
         }
-        if !scale_ok(self.global_scale) || !scale_ok(self.local_scale) {
-            return bad("crop scales must satisfy 0 < min <= max <= 1");
+        for (name, s) in [
+            ("global_crops_scale", self.global_crops_scale),
+            ("local_crops_scale", self.local_crops_scale),
+        ] {
+            if !(0.0 < s[0] && s[0] <= s[1] && s[1] <= 1.0) {
+                return bad(format!("{name} {s:?}: expected 0 < min <= max <= 1"));
+            }
         }
-        let probs = [self.local_blur_prob]
-            .into_iter()
-            .chain(self.global_blur_prob)
-            .chain(self.solarization_prob);
-        if !probs.into_iter().all(|p| (0.0..=1.0).contains(&p)) {
-            return bad("blur and solarization probabilities must lie in [0, 1]");
+        for (name, p) in [
+            ("global_blur_prob", self.global_blur_prob[0]),
+            ("global_blur_prob", self.global_blur_prob[1]),
+            ("local_blur_prob", self.local_blur_prob),
+            ("solarization_prob", self.solarization_prob[0]),
+            ("solarization_prob", self.solarization_prob[1]),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("{name}: probability {p} is outside [0, 1]"));
+            }
         }
-        let (lo, hi) = self.blur_sigma;
+        let [lo, hi] = self.blur_sigma;
         if !(0.0 < lo && lo <= hi && hi.is_finite()) {
-            return bad("blur sigma range must satisfy 0 < min <= max");
+            return bad(format!(
+                "blur_sigma {:?}: expected 0 < min <= max",
+                self.blur_sigma
+            ));
         }
         if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
-            return bad("normalisation std must be positive");
+            return bad("std: normalisation std must be positive".into());
         }
         Ok(())
     }
@@ -183,17 +179,20 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Drop the last incomplete batch, as the official DataLoader (`drop_last=True`).
     pub drop_last: bool,
+    /// Whether batches carry finished crops or leave the photometric stage to the consumer.
+    pub photometric: Photometric,
 }
 
 impl Default for LoaderConfig {
     fn default() -> Self {
         Self {
-            batch_size: 64,
+            batch_size: OptimConfig::default().batch_size,
             num_workers: 0,
             prefetch: 2,
             seed: 0,
             shuffle: true,
             drop_last: true,
+            photometric: Photometric::Cpu,
         }
     }
 }

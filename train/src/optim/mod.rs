@@ -14,7 +14,6 @@ mod flat;
 mod update;
 
 use std::collections::{BTreeMap, HashMap};
-use std::str::FromStr;
 
 use tch::Tensor;
 
@@ -63,27 +62,17 @@ pub fn shallow(params: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
         .collect()
 }
 
-/// Which optimizer (official `--optimizer`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which optimizer (official `--optimizer`; names, parsing and serde from `ValueEnum`, see
+/// `config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lower")]
 pub enum OptimizerKind {
+    /// torch.optim.AdamW (the default for ViTs)
     AdamW,
+    /// torch.optim.SGD with momentum
     Sgd,
+    /// the official utils.LARS
     Lars,
-}
-
-impl FromStr for OptimizerKind {
-    type Err = AlgoError;
-    fn from_str(s: &str) -> Result<Self, AlgoError> {
-        match s {
-            "adamw" => Ok(Self::AdamW),
-            "sgd" => Ok(Self::Sgd),
-            "lars" => Ok(Self::Lars),
-            other => Err(AlgoError::param(
-                "optimizer",
-                format!("`{other}` is not one of adamw, sgd, lars"),
-            )),
-        }
-    }
 }
 
 impl OptimizerKind {

@@ -1,0 +1,152 @@
+use super::*;
+
+fn flags(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The keys of a flat TOML document, in order.
+fn keys(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_once(" = ").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+#[test]
+fn print_order_is_the_option_table_order() {
+    // Every option set, so that none is left out as None.
+    let all_set = [
+        ("embed_dim", "64"),
+        ("depth", "2"),
+        ("num_heads", "2"),
+        ("img_size", "32"),
+        ("knn_train", "a"),
+        ("knn_val", "b"),
+        ("knn_resize", "32"),
+        ("knn_crop", "32"),
+    ];
+    let cfg = TrainConfig::resolve(None, &flags(&all_set)).unwrap();
+    let table: Vec<&str> = options().map(|o| o.key).collect();
+    assert_eq!(keys(&cfg.to_toml()), table);
+    // And the printed file reads back as the same configuration.
+    let again: TrainConfig = toml::from_str(&cfg.to_toml()).unwrap();
+    assert_eq!(again, cfg);
+}
+
+#[test]
+fn flags_override_the_file_and_keep_their_syntax() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "lr = 0.001\nepochs = 3\n").unwrap();
+    let cfg = TrainConfig::resolve(
+        Some(&file),
+        &flags(&[
+            ("epochs", "5"),
+            ("momentum_teacher", "0.99"),
+            ("global_crops_scale", "0.3,1.0"),
+            ("local_crops_scale", "[0.05, 0.3]"),
+            ("precision", "fp32"),
+            ("optimizer", "sgd"),
+            ("device", "cuda:1"),
+            ("photometric", "device"),
+            ("norm_last_layer", "false"),
+            ("knn_train", "123"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!((cfg.optim.lr, cfg.optim.epochs), (0.001, 5));
+    assert_eq!(cfg.teacher.momentum_teacher, 0.99);
+    assert_eq!(cfg.augment.global_crops_scale, [0.3, 1.0]);
+    assert_eq!(cfg.augment.local_crops_scale, [0.05, 0.3]);
+    assert_eq!(cfg.optim.precision, crate::device::PrecisionSpec::Fp32);
+    assert_eq!(cfg.optim.optimizer, crate::optim::OptimizerKind::Sgd);
+    assert_eq!(cfg.run.device, crate::device::DeviceSpec::Cuda(Some(1)));
+    assert_eq!(cfg.run.photometric, crate::data::PhotometricSpec::Device);
+    assert!(!cfg.model.norm_last_layer);
+    assert_eq!(cfg.knn.knn_train, Some(PathBuf::from("123")));
+    assert!(cfg.to_toml().contains("device = \"cuda:1\"\n"));
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "bogus = 1\n").unwrap();
+    let e = TrainConfig::resolve(Some(&file), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.toml") && e.contains("bogus"), "{e}");
+    // The file's own error is reported even when flags are given too.
+    let e = TrainConfig::resolve(Some(&file), &flags(&[("lr", "0.1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.toml") && e.contains("bogus"), "{e}");
+    std::fs::write(&file, "optimizer = \"adam\"\n").unwrap();
+    let e = TrainConfig::resolve(Some(&file), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bad.toml") && e.contains("adamw, sgd, lars"),
+        "{e}"
+    );
+    // A flag fixes a bad value of the file.
+    let cfg = TrainConfig::resolve(Some(&file), &flags(&[("optimizer", "lars")])).unwrap();
+    assert_eq!(cfg.optim.optimizer, crate::optim::OptimizerKind::Lars);
+    for (key, text, want) in [
+        ("bogus", "1", "unknown option `bogus`"),
+        ("lr", "abc", "--lr abc"),
+        ("patch_size", "1.5", "patch_size"),
+        ("device", "tpu", "expected auto, cpu, cuda or cuda:N"),
+        ("global_crops_scale", "0.4", "global_crops_scale"),
+    ] {
+        let e = TrainConfig::resolve(None, &flags(&[(key, text)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "--{key} {text}: {e}");
+    }
+}
+
+#[test]
+fn validation_keeps_every_check() {
+    for (key, text) in [
+        ("batch_size", "0"),
+        ("epochs", "0"),
+        ("global_crops_scale", "0.5,0.4"),
+        ("local_crops_scale", "0,0.4"),
+        ("global_blur_prob", "1.5,0.1"),
+        ("local_blur_prob", "-0.1"),
+        ("solarization_prob", "0,2"),
+        ("blur_sigma", "0,2"),
+        ("knn_freq", "1"),
+        ("arch", "custom"),
+    ] {
+        assert!(
+            TrainConfig::resolve(None, &flags(&[(key, text)])).is_err(),
+            "--{key} {text} passed"
+        );
+    }
+}
+
+#[test]
+fn enum_names_are_their_value_enum_names() {
+    use clap::ValueEnum;
+    fn check<T: ValueEnum + std::fmt::Display + std::str::FromStr + PartialEq + std::fmt::Debug>() {
+        for v in T::value_variants() {
+            let name = v.to_possible_value().unwrap().get_name().to_string();
+            assert_eq!(v.to_string(), name);
+            assert!(name.parse::<T>().ok().as_ref() == Some(v));
+        }
+    }
+    check::<Arch>();
+    check::<crate::optim::OptimizerKind>();
+    check::<crate::device::PrecisionSpec>();
+    check::<crate::data::PhotometricSpec>();
+    assert_eq!(Arch::VitSmall.to_string(), "vit_small");
+    assert_eq!(crate::optim::OptimizerKind::AdamW.to_string(), "adamw");
+    // Every preset name is one core knows.
+    for a in [Arch::VitTiny, Arch::VitSmall, Arch::VitBase] {
+        assert!(VitConfig::preset(&a.to_string(), 16).is_ok(), "{a}");
+    }
+}
