@@ -1,5 +1,5 @@
 //! Training configuration: the official `main_dino.py` options, from a TOML file and
-//! command-line flags of the same names (`--momentum_teacher 0.996`).
+//! command-line flags of the same names (`--momentum_teacher 0.99`).
 //!
 //! Precedence: built-in defaults (the official ones), then the TOML file, then flags.
 //! Unknown keys are errors in both places. Each option's key, type, default and help are

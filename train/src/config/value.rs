@@ -35,7 +35,7 @@ impl OptionInfo {
 /// How a flag's text becomes the option's TOML value.
 #[derive(Clone, Copy, Debug)]
 pub enum ValueKind {
-    /// A number or boolean, read as a TOML literal (`0.996`, `1e-6`, `false`).
+    /// A number or boolean, read as a TOML literal (`0.99`, `5e-4`, `false`).
     Literal(&'static str),
     /// Text taken as it is (a path, a device).
     Text(&'static str),

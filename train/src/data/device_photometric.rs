@@ -224,8 +224,8 @@ impl DevicePhotometric {
             x = self.luma(&x)?.f_expand_as(&x)?.f_where_self(&gray, &x)?;
         }
         if p.taps > 0 {
-            // Only the views that blur are convolved (the second global view blurs with
-            // p = 0.1, local views with p = 0.5).
+            // Only the views that blur are convolved (by default only the first global view
+            // always blurs).
             let idx = all
                 .f_narrow(0, hue_at, p.blurred as i64)?
                 .f_to_kind(Kind::Int64)?;
