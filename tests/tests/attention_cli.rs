@@ -121,7 +121,7 @@ fn reference(dir: &Path, weights: &Path) -> Vec<f32> {
     );
     write_atomic(&input, &m, Default::default()).unwrap();
     run_python(
-        "vit_parity.py",
+        "tests/python/vit_parity.py",
         &[
             "forward",
             "--weights",

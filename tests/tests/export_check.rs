@@ -2,10 +2,8 @@
 //! `onnx.checker.check_model(full_check=True)` accepts (strict shape inference included),
 //! with all three outputs; so do fp16 and the non-default opsets.
 
-mod export_common;
-
-use dino_tests::{run_python, scratch};
-use export_common::{REF, export_ok, s, weights};
+use dino_tests::export::{REF, export_ok, weights};
+use dino_tests::{run_python, s, scratch};
 
 #[test]
 fn checker_accepts_every_preset_and_patch_size() {

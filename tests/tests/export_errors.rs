@@ -2,16 +2,14 @@
 //! problem (unknown or foreign format, every missing key, shape mismatches, bad options,
 //! an unwritable destination), and never a half-written or clobbered model.
 
-mod export_common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use dino_core::VitConfig;
 use dino_core::st::{self, RawTensor};
 use dino_core::weights::backbone_shapes;
-use dino_tests::scratch;
-use export_common::{export_err, export_ok, s};
+use dino_tests::export::{export_err, export_ok};
+use dino_tests::{s, scratch};
 
 fn tiny() -> VitConfig {
     VitConfig {

@@ -7,15 +7,13 @@
 //! into the PyTorch reference the official way. `dino-train import` writes the same file,
 //! which `dino-train knn` loads.
 
-mod export_common;
-
 use dino_core::st::{self, StFile};
 use dino_core::testing::{assert_close, max_abs_diff};
 use std::path::Path;
 use std::process::Command;
 
-use dino_tests::{bin, cifar_subset, run_ok, run_python, scratch};
-use export_common::{REF, compare, export_err, export_ok, s};
+use dino_tests::export::{REF, compare, export_err, export_ok};
+use dino_tests::{bin, cifar_subset, run_ok, run_python, s, scratch};
 
 #[test]
 fn official_backbone_pth_imports_exports_and_agrees() {

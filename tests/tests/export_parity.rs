@@ -9,8 +9,6 @@
 //!   checkpoint (its teacher) with its own eval transform;
 //! - the metadata describes the model completely.
 
-mod export_common;
-
 use std::path::Path;
 
 use dino_core::onnx_meta as m;
@@ -19,8 +17,8 @@ use dino_core::testing::{assert_close, cosine, max_abs_diff};
 use dino_core::{EvalTransform, VitConfig};
 use dino_export::onnx::proto::ModelProto;
 use dino_models::io::load_backbone;
-use dino_tests::scratch;
-use export_common::{Compared, compare, export_ok, s, weights};
+use dino_tests::export::{Compared, compare, export_ok, weights};
+use dino_tests::{s, scratch};
 use prost::Message;
 use tch::{Device, Kind, Tensor};
 

@@ -51,7 +51,7 @@ fn check(cfg: HeadConfig, tag: &str) {
     let out = dir.join("y.safetensors");
     let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
     run_python(
-        "head_parity.py",
+        "tests/python/head_parity.py",
         &[
             "--weights",
             &p(&weights),

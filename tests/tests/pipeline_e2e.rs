@@ -4,14 +4,14 @@
 //! same eval transform (native 32x32: the checkpoint's eval transform is resize = crop = 32,
 //! which the export carries in its metadata), and `dino-run attention` writes a PNG.
 
-mod runtime_common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
 use dino_core::image_io::ImageFolder;
-use dino_tests::{bin, cifar_subset, data_dir, dino_train, scratch, write_tiny_config};
-use runtime_common::{dino_run, json, run_ok, s};
+use dino_tests::runtime::{dino_run, json};
+use dino_tests::{
+    bin, cifar_subset, data_dir, dino_train, output_ok, s, scratch, write_tiny_config,
+};
 
 /// The vote of both sides.
 const K: &str = "20";
@@ -45,7 +45,7 @@ fn trained_exported_model_classifies_as_dino_train_knn() {
         data_dir().join("cifar10-mini/train"),
         data_dir().join("cifar10-mini/test"),
     );
-    let o = run_ok(
+    let o = output_ok(
         Command::new(bin("dino-train"))
             .args(["knn", "--native", "--json", "--quiet", "--device", "cpu"])
             .args(["--k", K, "--temperature", T, "--checkpoint"])
@@ -54,6 +54,7 @@ fn trained_exported_model_classifies_as_dino_train_knn() {
             .arg(&train)
             .arg("--val")
             .arg(&test),
+        "dino-train knn",
     );
     let knn = json(&o);
     assert_eq!(
@@ -64,7 +65,7 @@ fn trained_exported_model_classifies_as_dino_train_knn() {
     let knn_top1 = knn["top1"].as_f64().expect("top1");
 
     let gallery = dir.join("gallery.dgal");
-    run_ok(
+    output_ok(
         dino_run(&dir)
             .args(["--threads", "2", "index", "--model"])
             .arg(&model)
@@ -72,13 +73,14 @@ fn trained_exported_model_classifies_as_dino_train_knn() {
             .arg(&train)
             .arg("--out")
             .arg(&gallery),
+        "dino-run index",
     );
     let (images, labels): (Vec<PathBuf>, Vec<usize>) = ImageFolder::scan(&test)
         .expect("scan test split")
         .samples
         .into_iter()
         .unzip();
-    let out = json(&run_ok(
+    let out = json(&output_ok(
         dino_run(&dir)
             .args([
                 "--threads",
@@ -95,6 +97,7 @@ fn trained_exported_model_classifies_as_dino_train_knn() {
             .arg("--gallery")
             .arg(&gallery)
             .args(&images),
+        "dino-run classify",
     ));
     let items = out.as_array().expect("JSON array");
     assert_eq!(items.len(), images.len());
@@ -118,13 +121,14 @@ fn trained_exported_model_classifies_as_dino_train_knn() {
     );
 
     let png = dir.join("attention.png");
-    run_ok(
+    output_ok(
         dino_run(&dir)
             .args(["attention", "--model"])
             .arg(&model)
             .arg(data_dir().join("photos/chelsea.png"))
             .arg("--out")
             .arg(&png),
+        "dino-run attention",
     );
     let img = dino_core::image_io::load_rgb(&png).expect("attention PNG");
     assert!(

@@ -2,14 +2,12 @@
 //! torchvision + onnxruntime) at cosine >= 0.999, gallery indexing and k-NN classification,
 //! attention maps, float16 models, and no libtorch in the binary.
 
-mod runtime_common;
-
 use std::path::PathBuf;
 
 use dino_core::knn::knn_accuracy;
 use dino_core::testing::cosine;
-use dino_tests::{data_dir, root, run_python, scratch};
-use runtime_common::*;
+use dino_tests::runtime::*;
+use dino_tests::{data_dir, output_ok, photos, root, run_python, s, scratch};
 
 /// Embeds the photos with dino-run and with Python; returns the minimum cosine.
 fn compare_with_python(dir: &std::path::Path, model: &std::path::Path) -> f32 {
@@ -27,12 +25,12 @@ fn compare_with_python(dir: &std::path::Path, model: &std::path::Path) -> f32 {
     ])
     .arg(model)
     .args(&images);
-    let ours = json(&run_ok(&mut cmd));
+    let ours = json(&output_ok(&mut cmd, "dino-run"));
     let ref_json = dir.join("ref.json");
     let mut args = vec!["embed".to_string(), s(model), s(&ref_json)];
     args.extend(images.iter().map(|p| s(p)));
     run_python(
-        "runtime_ref.py",
+        "tests/python/runtime_ref.py",
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let want: serde_json::Value =
@@ -68,7 +66,7 @@ fn embeddings_match_python_onnxruntime() {
         c.args(["embed", "--json", "--model"])
             .arg(&model)
             .args(photos());
-        json(&run_ok(&mut c))
+        json(&output_ok(&mut c, "dino-run"))
     };
     let first = run(&dir);
     assert!(
@@ -129,7 +127,7 @@ fn index_then_classify_equals_knn_on_embeddings() {
         .arg(&train_dir)
         .arg("--out")
         .arg(&gallery);
-    run_ok(&mut c);
+    output_ok(&mut c, "dino-run");
 
     let (test, test_labels) = folder_images("test");
     let mut c = dino_run(&dir);
@@ -146,7 +144,7 @@ fn index_then_classify_equals_knn_on_embeddings() {
     .arg("--gallery")
     .arg(&gallery)
     .args(&test);
-    let out = json(&run_ok(&mut c));
+    let out = json(&output_ok(&mut c, "dino-run"));
     let items = out.as_array().unwrap();
     assert_eq!(items.len(), test.len());
     let hits = items
@@ -163,7 +161,7 @@ fn index_then_classify_equals_knn_on_embeddings() {
         c.args(["embed", "--json", "--model"])
             .arg(&model)
             .args(paths);
-        json(&run_ok(&mut c))
+        json(&output_ok(&mut c, "dino-run"))
             .as_array()
             .unwrap()
             .iter()
@@ -194,7 +192,7 @@ fn attention_montage_is_written() {
         .arg(data_dir().join("photos/chelsea.png"))
         .arg("--out")
         .arg(&out);
-    run_ok(&mut c);
+    output_ok(&mut c, "dino-run");
     let img = dino_core::image_io::load_rgb(&out).unwrap();
     // 3 columns (3 heads) and 3 rows of 64px tiles with 4px gaps.
     assert_eq!(img.dimensions(), (3 * 64 + 8, 3 * 64 + 8));
@@ -239,7 +237,10 @@ fn binary_has_no_libtorch() {
 
 #[test]
 fn help_has_examples() {
-    let out = run_ok(std::process::Command::new(dino_tests::bin("dino-run")).arg("--help"));
+    let out = output_ok(
+        std::process::Command::new(dino_tests::bin("dino-run")).arg("--help"),
+        "dino-run --help",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     for w in [
         "Examples:",

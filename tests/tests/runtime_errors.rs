@@ -3,13 +3,11 @@
 //! models without metadata or the needed output, a missing ONNX Runtime library, CUDA that
 //! cannot load (never a silent CPU fallback).
 
-mod runtime_common;
-
 use std::process::Output;
 use std::sync::OnceLock;
 
-use dino_tests::{data_dir, scratch};
-use runtime_common::*;
+use dino_tests::runtime::*;
+use dino_tests::{data_dir, output_ok, scratch};
 
 struct Fixtures {
     dir: std::path::PathBuf,
@@ -44,7 +42,7 @@ fn fixtures() -> &'static Fixtures {
             .arg(&folder)
             .arg("--out")
             .arg(&gallery);
-        run_ok(&mut c);
+        output_ok(&mut c, "dino-run index");
         Fixtures {
             dir,
             model,

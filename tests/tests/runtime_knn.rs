@@ -9,7 +9,10 @@ use dino_tests::{run_python, scratch};
 fn weighted_vote_matches_official_formula() {
     let dir = scratch("runtime-knn");
     let out = dir.join("knn.json");
-    run_python("runtime_ref.py", &["knn", out.to_str().unwrap()]);
+    run_python(
+        "tests/python/runtime_ref.py",
+        &["knn", out.to_str().unwrap()],
+    );
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     let f32s = |k: &str| -> Vec<f32> {

@@ -5,22 +5,18 @@
 //! decoded pixels). JPEG decoders differ (libjpeg-turbo in PIL, zune-jpeg here), so JPEG
 //! inputs are held to a looser bound, stated below.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use dino_core::EvalTransform;
 use dino_core::image_io::load_rgb;
 use dino_core::preprocess::{eval_transform, resize_bicubic};
 use dino_core::testing::{assert_close, cosine, max_abs_diff};
-use dino_tests::{data_dir, run_python, scratch};
-
-fn s(p: &Path) -> String {
-    p.to_str().expect("utf-8 path").to_string()
-}
+use dino_tests::{data_dir, photos, run_python, s, scratch};
 
 #[test]
 fn bicubic_resize_is_bit_exact_with_pil() {
     let dir = scratch("runtime-resize");
-    run_python("runtime_ref.py", &["resize", &s(&dir)]);
+    run_python("tests/python/runtime_ref.py", &["resize", &s(&dir)]);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     for case in manifest.as_array().unwrap() {
@@ -40,15 +36,6 @@ fn bicubic_resize_is_bit_exact_with_pil() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn photos() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data_dir().join("photos"))
-        .expect("../shared/data/photos")
-        .map(|e| e.unwrap().path())
-        .collect();
-    v.sort();
-    v
-}
-
 fn check_transform(t: &EvalTransform, images: &[PathBuf], tag: &str) {
     let dir = scratch(&format!("runtime-pre-{tag}"));
     let mut args = vec![
@@ -59,7 +46,7 @@ fn check_transform(t: &EvalTransform, images: &[PathBuf], tag: &str) {
     ];
     args.extend(images.iter().map(|p| s(p)));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_python("runtime_ref.py", &args);
+    run_python("tests/python/runtime_ref.py", &args);
     for (i, p) in images.iter().enumerate() {
         let bytes = std::fs::read(dir.join(format!("{i}.f32"))).unwrap();
         let want: Vec<f32> = bytes

@@ -30,7 +30,7 @@ fn reference(dir: &Path, weights: &Path, x: &Tensor, tag: &str) -> (Vec<f32>, Ve
     write_input(&input, x);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     run_python(
-        "vit_parity.py",
+        "tests/python/vit_parity.py",
         &[
             "forward",
             "--weights",
@@ -90,7 +90,7 @@ fn timm_weights_load_and_agree() {
     let weights = dir.join("timm.safetensors");
     let s = weights.to_str().unwrap();
     run_python(
-        "vit_parity.py",
+        "tests/python/vit_parity.py",
         &[
             "create", "--arch", "vit_tiny", "--patch", "16", "--seed", "3", "--out", s,
         ],

@@ -1,10 +1,10 @@
 //! Augmentation ops against torchvision + PIL (`python/augment_ref.py`), where they are
 //! deterministic. Fixtures are generated at test time into a temp dir.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use dino_core::testing::assert_close;
+use dino_tests::{data_dir, run_python};
 use dino_train::data::augment::{self, CropBox, ViewParams};
 use dino_train::data::{
     AugmentConfig, ColorJitterParams, JitterOp, MultiCrop, PhotometricParams, color,
@@ -17,10 +17,6 @@ struct Fixtures {
     cases: Vec<Value>,
 }
 
-fn python() -> String {
-    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
 /// Generated once per test binary (starting Python with torch is the slow part).
 fn fixtures() -> &'static Fixtures {
     static FX: std::sync::OnceLock<Fixtures> = std::sync::OnceLock::new();
@@ -28,17 +24,12 @@ fn fixtures() -> &'static Fixtures {
 }
 
 fn generate() -> Fixtures {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("tests/python/augment_ref.py");
-    let photo = root.join("../../shared/data/photos/chelsea.png");
+    let photo = data_dir().join("photos/chelsea.png");
     let dir = tempfile::tempdir().expect("temp dir");
-    let st = Command::new(python())
-        .arg(&script)
-        .arg(&photo)
-        .arg(dir.path())
-        .status()
-        .expect("run $PYTHON (set by scripts/env.sh) or python3");
-    assert!(st.success(), "{} failed", script.display());
+    run_python(
+        "train/tests/python/augment_ref.py",
+        &[photo.as_os_str(), dir.path().as_os_str()],
+    );
     let manifest = std::fs::read_to_string(dir.path().join("manifest.json")).expect("manifest");
     let cases: Vec<Value> = serde_json::from_str(&manifest).expect("manifest json");
     Fixtures { dir, cases }

@@ -1,6 +1,5 @@
 //! The loader is a pure function of (seed, epoch): thread count and scheduling never show.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use dino_train::data::{
@@ -9,7 +8,7 @@ use dino_train::data::{
 };
 
 fn cifar() -> Arc<ImageDataset> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/cifar10-mini/train");
+    let root = dino_tests::data_dir().join("cifar10-mini/train");
     Arc::new(ImageDataset::open(&root, Verify::Full).expect("cifar10-mini/train"))
 }
 

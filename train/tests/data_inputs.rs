@@ -7,7 +7,7 @@ use dino_train::data::{AugmentConfig, DataError, ImageDataset, Loader, LoaderCon
 use image::{ImageBuffer, Luma, Rgb, Rgba};
 
 fn photos() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/photos")
+    dino_tests::data_dir().join("photos")
 }
 
 fn write_good(dir: &Path, name: &str, seed: u8) {

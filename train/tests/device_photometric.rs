@@ -10,9 +10,8 @@
 //! rounding of a tie on another backend, yet a wrong jitter order, blur kernel or edge rule
 //! moves many values by many levels (see `a_wrong_jitter_order_would_fail`).
 
-use std::path::{Path, PathBuf};
-
 use dino_core::testing::assert_close;
+use dino_tests::{data_dir, photos as photo_paths, sorted_files};
 use dino_train::data::augment::{self, CropBox};
 use dino_train::data::{
     AugmentConfig, ColorJitterParams, DevicePhotometric, JitterOp, MultiCrop, PhotometricParams,
@@ -26,12 +25,6 @@ const MAX_LEVELS: f32 = 1.0;
 /// Largest mean absolute difference allowed, in uint8 levels.
 const MEAN_LEVELS: f64 = 1e-3;
 
-fn data() -> PathBuf {
-    std::env::var_os("DINO_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
-}
-
 /// Where the tensor path runs: CPU unless `DINO_TEST_DEVICE` names a CUDA device.
 fn device() -> Device {
     match std::env::var("DINO_TEST_DEVICE").as_deref() {
@@ -41,33 +34,17 @@ fn device() -> Device {
 }
 
 fn photos() -> Vec<RgbImage> {
-    let mut paths: Vec<_> = std::fs::read_dir(data().join("photos"))
-        .expect("../shared/data/photos")
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
-        .collect();
-    paths.sort();
-    paths
+    photo_paths()
         .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
         .map(|p| image::open(p).unwrap().to_rgb8())
         .collect()
 }
 
 fn cifar(n: usize) -> Vec<RgbImage> {
-    let root = data().join("cifar10-mini/train");
-    let mut classes: Vec<_> = std::fs::read_dir(&root)
-        .expect("cifar10-mini/train")
-        .map(|e| e.unwrap().path())
-        .collect();
-    classes.sort();
     let mut out = Vec::new();
-    for c in classes {
-        let mut files: Vec<_> = std::fs::read_dir(c)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(n.div_ceil(10)) {
+    for c in sorted_files(&data_dir().join("cifar10-mini/train")) {
+        for f in sorted_files(&c).iter().take(n.div_ceil(10)) {
             out.push(image::open(f).unwrap().to_rgb8());
         }
     }

@@ -1,7 +1,7 @@
 //! Step-level fidelity of the whole training step: 20 consecutive [`DinoStep`] iterations of
 //! a small configuration against the PyTorch reference written after the official code
-//! (`python/step_fidelity.py` on `python/dino_model_reference.py`: official ViT and DINOHead,
-//! `DINOLoss`, cosine schedules, parameter groups, `clip_gradients`,
+//! (`python/step_fidelity.py` on `python/dino_ref/train.py` of the workspace: official ViT
+//! and DINOHead, `DINOLoss`, cosine schedules, parameter groups, `clip_gradients`,
 //! `cancel_gradients_last_layer`, `torch.optim.AdamW`, EMA), from identical initial weights
 //! on identical fixed crops.
 //!
@@ -22,9 +22,10 @@ mod algo_common;
 
 use std::collections::HashMap;
 
-use algo_common::{Reference, max_abs, run_python, values};
+use algo_common::{Reference, max_abs, values};
 use dino_core::testing::assert_close;
 use dino_models::io::{named_raw, to_raw};
+use dino_tests::run_python;
 use dino_train::config::{
     Arch, AugmentConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig, TrainConfig,
 };
@@ -88,7 +89,7 @@ fn config() -> TrainConfig {
     }
 }
 
-/// The configuration in the key names of `dino_model_reference.build`.
+/// The configuration in the key names of `dino_ref.train.build`.
 fn reference_config(cfg: &TrainConfig) -> serde_json::Value {
     let vit = cfg.vit().expect("valid config");
     let (m, t, o) = (&cfg.model, &cfg.teacher, &cfg.optim);
@@ -175,7 +176,10 @@ fn twenty_steps_match_the_official_step() {
     let meta = HashMap::from([("config".to_string(), reference_config(&cfg).to_string())]);
     dino_core::st::write_atomic(&dir.path().join("inputs.safetensors"), &tensors, meta)
         .expect("write inputs");
-    run_python("step_fidelity.py", &[dir.path().as_os_str()]);
+    run_python(
+        "train/tests/python/step_fidelity.py",
+        &[dir.path().as_os_str()],
+    );
     let r = Reference::open(dir, "reference.safetensors");
 
     // The same 20 steps here.

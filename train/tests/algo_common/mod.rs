@@ -1,15 +1,15 @@
-//! Shared plumbing of the `algo_*` and `step_fidelity` tests: run a script of `python/`
-//! (`dino_reference.py` for one case) into a temporary folder and read back its inputs and
-//! expected outputs. Comparisons go through `dino_core::testing::assert_close`.
+//! Shared fixtures of the `algo_*` and `step_fidelity` tests: run a reference script of
+//! `train/tests/python/` (`dino_reference.py` for one case) into a temporary folder and read
+//! back its inputs and expected outputs. Comparisons go through
+//! `dino_core::testing::assert_close`.
 
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
-use std::path::Path;
-use std::process::Command;
 
 use dino_core::st::StFile;
 use dino_core::testing::assert_close;
+use dino_tests::run_python;
 use safetensors::Dtype;
 use serde_json::Value;
 use tch::{Kind, Tensor};
@@ -21,32 +21,12 @@ pub struct Reference {
     pub config: Value,
 }
 
-/// Runs `tests/python/{script} args...` with `$PYTHON` (the venv's, with torch) or `python3`,
-/// panicking with its stderr when it fails.
-pub fn run_python(script: &str, args: &[&OsStr]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(script);
-    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
-    let out = Command::new(&python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python:?} (source scripts/env.sh): {e}"));
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Runs `dino_reference.py CASE OUT [args]` and reads `OUT/CASE.safetensors`.
 pub fn reference(case: &str, args: &[&str]) -> Reference {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut all: Vec<&OsStr> = vec![OsStr::new(case), dir.path().as_os_str()];
     all.extend(args.iter().map(OsStr::new));
-    run_python("dino_reference.py", &all);
+    run_python("train/tests/python/dino_reference.py", &all);
     Reference::open(dir, &format!("{case}.safetensors"))
 }
 

@@ -1,18 +1,14 @@
-//! Plumbing shared by the `export_*` tests: fixtures from `tests/python/export_ref.py`,
-//! the built `dino-export` binary, and the float32 files the reference writes.
-
-#![allow(dead_code)]
+//! Fixtures of the `export_*` tests: seeded weights and reference outputs from
+//! `tests/python/export_ref.py`, and the built `dino-export` binary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dino_tests::{bin, data_dir, run_python};
+use crate::paths::{bin, data_dir, s};
+use crate::run::{output_ok, run_python};
 
-pub const REF: &str = "export_ref.py";
-
-pub fn s(p: &Path) -> String {
-    p.to_str().expect("utf-8 path").to_string()
-}
+/// The export reference script, for [`run_python`].
+pub const REF: &str = "tests/python/export_ref.py";
 
 /// Seeded official-key weights with dino-rs metadata, at `img` pixels.
 pub fn weights(dir: &Path, arch: &str, patch: usize, img: usize, extra: &[&str]) -> PathBuf {
@@ -44,16 +40,15 @@ pub fn dino_export(args: &[&str]) -> Output {
         .expect("run dino-export")
 }
 
-/// Runs `dino-export` and panics with its output unless it succeeds.
+/// Runs `dino-export`, panics with its output unless it succeeds; returns stdout + stderr.
 pub fn export_ok(args: &[&str]) -> String {
-    let o = dino_export(args);
-    let text = format!(
+    let mut cmd = Command::new(bin("dino-export"));
+    let o = output_ok(cmd.args(args), &format!("dino-export {args:?}"));
+    format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "dino-export {args:?} failed:\n{text}");
-    text
+    )
 }
 
 /// Runs `dino-export`, expects failure, returns stderr.
@@ -65,11 +60,6 @@ pub fn export_err(args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stdout)
     );
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// The real photos (RGB, grayscale, RGBA; PNG and JPEG).
-pub fn photos() -> PathBuf {
-    data_dir().join("photos")
 }
 
 /// Outputs of one `compare` run: reference and ONNX Runtime values by output name.
@@ -120,7 +110,7 @@ pub fn compare(
 ) -> Compared {
     let out = dir.join(format!("cmp-{tag}"));
     let sz = size.to_string();
-    let (w, m, o, i) = (s(weights), s(onnx), s(&out), s(&photos()));
+    let (w, m, o, i) = (s(weights), s(onnx), s(&out), s(&data_dir().join("photos")));
     let mut args = vec![
         "compare",
         "--weights",

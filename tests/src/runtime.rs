@@ -1,22 +1,18 @@
-//! Helpers of the dino-run end-to-end tests (`runtime_cli.rs`, `runtime_errors.rs`).
-#![allow(dead_code)]
+//! Fixtures of the `dino-run` tests: seeded ONNX models from
+//! `tests/python/runtime_fixture.py`, the binary with its own cache, its JSON output.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dino_tests::{bin, data_dir, run_python};
-
-pub fn s(p: &Path) -> String {
-    p.to_str().expect("utf-8 path").to_string()
-}
+use crate::paths::{bin, s};
+use crate::run::run_python;
 
 /// A seeded test model written by `tests/python/runtime_fixture.py` into `dir`.
 pub fn fixture(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let out = dir.join(name);
     let mut a = vec![s(&out)];
     a.extend(args.iter().map(|x| x.to_string()));
-    let a: Vec<&str> = a.iter().map(String::as_str).collect();
-    run_python("runtime_fixture.py", &a);
+    run_python("tests/python/runtime_fixture.py", &a);
     out
 }
 
@@ -26,10 +22,6 @@ pub fn dino_run(dir: &Path) -> Command {
     c.env("XDG_CACHE_HOME", dir.join("cache"))
         .env_remove("ORT_DYLIB_PATH");
     c
-}
-
-pub fn run_ok(cmd: &mut Command) -> Output {
-    dino_tests::output_ok(cmd, "dino-run")
 }
 
 pub fn stderr(o: &Output) -> String {
@@ -47,13 +39,4 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
         .iter()
         .map(|x| x.as_f64().expect("number") as f32)
         .collect()
-}
-
-pub fn photos() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(data_dir().join("photos"))
-        .expect("../shared/data/photos")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    v.sort();
-    v
 }
