@@ -93,8 +93,8 @@ impl Attention {
             .permute([2, 0, 3, 1, 4]);
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
         // On CPU the explicit form is also the faster one for the short sequences of DINO's
-        // crops (65 and 17 tokens: 26 vs 34 ms and 13 vs 19 ms per layer, forward and
-        // backward, batch 256 and 768 at width 192 on two cores); on CUDA the fused kernel.
+        // crops (65 and 17 tokens; BENCHMARKS.md, "CPU training step"); on CUDA the fused
+        // kernel.
         let explicit = with_attention || x.device() == tch::Device::Cpu;
         let (out, attn) = if explicit {
             // softmax(q k^T / sqrt(d_head)): the maps are an output when asked for.

@@ -7,12 +7,12 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, ensure};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
 use crate::device::select_device;
+use crate::error::{Result, TrainError};
 use crate::step::DinoStep;
 
 fn sync(device: Device) {
@@ -30,7 +30,11 @@ pub fn bench_step(
     steps: usize,
     breakdown: bool,
 ) -> Result<serde_json::Value> {
-    ensure!(steps > 0, "bench needs at least one timed step");
+    if steps == 0 {
+        return Err(TrainError::Invalid(
+            "bench needs at least one timed step".into(),
+        ));
+    }
     let device = select_device(cfg.run.device)?;
     // No loader runs here: the step gets every core, as in training without data workers.
     // libtorch's intra-op pool: one thread per core unless OMP_NUM_THREADS says otherwise.
@@ -74,7 +78,7 @@ pub fn bench_step(
     Ok(json!({
         "what": "train_step",
         "device": format!("{device:?}"),
-        "precision": format!("{:?}", run.precision),
+        "precision": format!("{:?}", run.precision()),
         "batch_size": batch,
         "threads": threads,
         "steps": steps,

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::builder::PossibleValuesParser;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
-use crate::config::{KnnConfig, OptionInfo, TrainConfig, ValueKind, flag_text, options};
-use crate::device::DeviceSpec;
+use dino_train::config::{KnnConfig, OptionInfo, TrainConfig, ValueKind, flag_text, options};
+use dino_train::device::DeviceSpec;
 
 const EXAMPLES: &str = "\
 Examples:

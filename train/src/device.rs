@@ -4,14 +4,15 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{Result, bail};
 use tch::{Cuda, Device};
+
+use crate::error::{Result, TrainError};
 
 /// Sets flush-to-zero and denormals-are-zero for this thread's SSE/AVX arithmetic, as
 /// `torch.set_flush_denormal(True)` does. Threads started afterwards (libtorch's intra-op
 /// pool, the data workers) inherit the setting, so call it first thing in `main`. DINO's
-/// sharpened teacher softmax (temperatures of a few hundredths) and the student's log-softmax gradients are
-/// full of values below 1e-38, which x86 cores compute some hundred times slower than
+/// sharpened teacher softmax (temperatures of a few hundredths) and the student's
+/// log-softmax gradients are full of values below 1e-38, which x86 cores compute some hundred times slower than
 /// normal numbers; flushing them changes results only below fp32's normal range.
 pub fn flush_denormals() {
     #[cfg(target_arch = "x86_64")]
@@ -28,10 +29,9 @@ pub fn flush_denormals() {
 /// Makes glibc keep freed memory for reuse instead of returning it to the kernel: no `mmap`
 /// for large blocks (libtorch allocates its CPU tensors with plain `posix_memalign`, and a
 /// training step frees and re-allocates hundreds of MB of activations, each fresh `mmap`
-/// paying a page fault per 4 KiB page) and no trimming of the heap top. On the 2-core
-/// development machine the cifar-tiny step went from 35.6 to 39.5 images/s (median of 3)
-/// and its system time from about 5 s to 2 s, for about 15% more peak memory, which stays
-/// at the step's high-water mark. Linux with glibc only; elsewhere nothing changes.
+/// paying a page fault per 4 KiB page) and no trimming of the heap top, for a little more
+/// peak memory that stays at the step's high-water mark (figures in BENCHMARKS.md, "CPU
+/// training step"). Linux with glibc only; elsewhere nothing changes.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -94,18 +94,22 @@ impl fmt::Display for DeviceSpec {
 
 /// The device `spec` names; CUDA asked for and absent is an error, never a CPU fallback.
 pub fn select_device(spec: DeviceSpec) -> Result<Device> {
+    let err = |why: String| TrainError::Device {
+        spec: spec.to_string(),
+        why,
+    };
     match spec {
         DeviceSpec::Auto => Ok(Device::cuda_if_available()),
         DeviceSpec::Cpu => Ok(Device::Cpu),
         DeviceSpec::Cuda(i) => {
             let (i, n) = (i.unwrap_or(0), Cuda::device_count() as usize);
             if n == 0 {
-                bail!(
-                    "device `{spec}`: CUDA is not available (no GPU, or libtorch_cuda could not load)"
-                );
+                return Err(err(
+                    "CUDA is not available (no GPU, or libtorch_cuda could not load)".into(),
+                ));
             }
             if i >= n {
-                bail!("device `{spec}`: only {n} CUDA device(s)");
+                return Err(err(format!("only {n} CUDA device(s)")));
             }
             Ok(Device::Cuda(i))
         }
@@ -144,9 +148,11 @@ impl Precision {
             (S::Fp32, _) | (S::Auto, false) => Self::Fp32,
             (S::Auto | S::Bf16, true) => Self::Bf16,
             (S::Fp16, true) => Self::Fp16,
-            (p @ (S::Bf16 | S::Fp16), false) => bail!(
-                "precision `{p}` needs CUDA (CPU autocast is slower than fp32 without AMX); use fp32 or auto"
-            ),
+            (p @ (S::Bf16 | S::Fp16), false) => {
+                return Err(TrainError::Invalid(format!(
+                    "precision `{p}` needs CUDA (CPU autocast is slower than fp32 without AMX); use fp32 or auto"
+                )));
+            }
         };
         if p != Self::Fp32 {
             set_cuda_autocast_dtype(p == Self::Bf16);

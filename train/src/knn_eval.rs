@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, ensure};
 use dino_core::EvalTransform;
 use dino_core::image_io::{ImageFolder, load_rgb};
 use dino_core::knn::{knn_accuracy, l2_normalize_rows};
@@ -14,6 +13,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
 use crate::model::DinoNet;
 
 /// Images per forward pass: bounds memory for any dataset size.
@@ -83,7 +83,9 @@ pub fn extract(
         labels.extend(ok.iter().map(|(_, l)| *l));
     }
     bar.finish_and_clear();
-    ensure!(!labels.is_empty(), "{}: no readable image", root.display());
+    if labels.is_empty() {
+        return Err(TrainError::run(root, "no readable image"));
+    }
     let dim = model.cfg.embed_dim;
     l2_normalize_rows(&mut feats, dim);
     Ok((feats, labels, folder.classes.len(), skipped))
@@ -103,15 +105,14 @@ pub fn evaluate(
 ) -> Result<KnnResult> {
     let (tf, tl, classes, s1) = extract(model, train, t, device, quiet)?;
     let (vf, vl, vclasses, s2) = extract(model, val, t, device, quiet)?;
-    ensure!(
-        classes == vclasses,
-        "{} has {classes} classes but {} has {vclasses}",
-        train.display(),
-        val.display()
-    );
+    if classes != vclasses {
+        return Err(TrainError::run(
+            val,
+            format!("{vclasses} classes, but {} has {classes}", train.display()),
+        ));
+    }
     let dim = model.cfg.embed_dim;
-    let (top1, top5) = knn_accuracy(&tf, &tl, dim, classes, &vf, &vl, k, temperature as f32)
-        .context("k-NN vote")?;
+    let (top1, top5) = knn_accuracy(&tf, &tl, dim, classes, &vf, &vl, k, temperature as f32)?;
     Ok(KnnResult {
         top1,
         top5,
@@ -129,9 +130,10 @@ pub fn during_training(
     quiet: bool,
 ) -> Result<KnnResult> {
     let k = &cfg.knn;
+    let unset = |key: &str| TrainError::Invalid(format!("{key} is not set"));
     let (train, val) = (
-        k.knn_train.as_deref().context("knn_train is not set")?,
-        k.knn_val.as_deref().context("knn_val is not set")?,
+        k.knn_train.as_deref().ok_or_else(|| unset("knn_train"))?,
+        k.knn_val.as_deref().ok_or_else(|| unset("knn_val"))?,
     );
     evaluate(
         &teacher.backbone,

@@ -1,10 +1,13 @@
 //! `dino-train`: thin entry point; arguments become configs in `cli`, the work is in the
 //! library.
 
+mod cli;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use dino_core::EvalTransform;
-use dino_train::cli::{AttentionArgs, BenchArgs, Cli, Command, KnnArgs, PlotArgs, TrainArgs};
+
+use cli::{AttentionArgs, BenchArgs, Cli, Command, KnnArgs, PlotArgs, TrainArgs};
 use dino_train::config::TrainConfig;
 use dino_train::{attention, bench, device, knn_eval, plot, trainer};
 

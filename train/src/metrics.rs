@@ -8,8 +8,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
 
 pub const LOG_FILE: &str = "metrics.jsonl";
 
@@ -58,6 +59,7 @@ pub enum Row {
 }
 
 pub struct MetricsLog {
+    path: std::path::PathBuf,
     out: BufWriter<File>,
 }
 
@@ -68,18 +70,20 @@ impl MetricsLog {
             .create(true)
             .append(true)
             .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
+            .map_err(|e| TrainError::io(&path, e))?;
         Ok(Self {
             out: BufWriter::new(f),
+            path,
         })
     }
 
     pub fn write(&mut self, row: &Row) -> Result<()> {
-        serde_json::to_writer(&mut self.out, row)?;
-        self.out.write_all(b"\n")?;
+        let mut line = serde_json::to_vec(row).map_err(|e| TrainError::Invalid(e.to_string()))?;
+        line.push(b'\n');
         // Rows are few; flushing keeps the log complete if the run is killed.
-        self.out.flush()?;
-        Ok(())
+        (self.out.write_all(&line))
+            .and_then(|()| self.out.flush())
+            .map_err(|e| TrainError::io(&self.path, e))
     }
 }
 
@@ -115,8 +119,7 @@ pub fn collapse_warning(row: &StepRow, max_entropy: f64) -> Option<String> {
 /// Reads a metrics log, skipping (and counting) lines that do not parse, such as a
 /// truncated last line of a killed run.
 pub fn read_log(path: &Path) -> Result<(Vec<Row>, usize)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
     let mut rows = Vec::new();
     let mut bad = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {

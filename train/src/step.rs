@@ -1,26 +1,29 @@
 //! One DINO optimisation step (the body of the official `train_one_epoch`), with
-//! everything it updates: student, teacher, optimizer, loss centre, loss scale.
+//! everything it updates: student, teacher, optimizer, loss centre, loss scale. Its state
+//! goes into checkpoints through [`DinoStep::state`] and comes back with
+//! [`DinoStep::restore`].
 
-use anyhow::Result;
 use tch::{Device, Tensor};
 
+use crate::checkpoint::{Checkpoint, StepState};
 use crate::clip::{cancel_gradients_last_layer, clip_gradients};
 use crate::config::TrainConfig;
 use crate::device::Precision;
 use crate::ema::{EmaPairs, FlatEma};
-use crate::loss::DinoLoss;
+use crate::error::Result;
+use crate::loss::{DinoLoss, TeacherStats};
 use crate::model::DinoNet;
 use crate::optim::{Optimizer, get_params_groups};
 use crate::scaler::GradScaler;
 use crate::schedule::{Schedules, StepValues};
 
 pub struct DinoStep {
-    pub student: DinoNet,
-    pub teacher: DinoNet,
-    pub optimizer: Optimizer,
-    pub loss: DinoLoss,
-    pub schedules: Schedules,
-    pub precision: Precision,
+    student: DinoNet,
+    teacher: DinoNet,
+    optimizer: Optimizer,
+    loss: DinoLoss,
+    schedules: Schedules,
+    precision: Precision,
     params: Vec<(String, Tensor)>,
     /// Teacher and student each in one flat buffer: the EMA is three kernels, not three per
     /// parameter, and AdamW a few per segment of the student's buffer.
@@ -30,11 +33,13 @@ pub struct DinoStep {
     freeze_last_layer: usize,
 }
 
-/// What a step returns without synchronising with the device.
+/// What a step returns (without synchronising with the device, unless observed).
 pub struct StepOut {
     pub loss: Tensor,
-    pub teacher_out: Tensor,
     pub values: StepValues,
+    /// The teacher's entropy as the loss saw it (centre before this step's update), for
+    /// an observed step ([`DinoStep::step_observed`]).
+    pub teacher_stats: Option<TeacherStats>,
 }
 
 impl DinoStep {
@@ -77,7 +82,19 @@ impl DinoStep {
 
     /// Global iteration `it` on crops `global` `[2b, 3, g, g]` and `local` `[n*b, 3, l, l]`.
     pub fn step(&mut self, global: &Tensor, local: Option<&Tensor>, it: usize) -> Result<StepOut> {
-        self.step_with_phases(global, local, it, &mut |_| {})
+        self.run(global, local, it, false, &mut |_| {})
+    }
+
+    /// [`DinoStep::step`], with the teacher statistics of this step when `observe` (one
+    /// host synchronisation: the training loop asks on its logging steps only).
+    pub fn step_observed(
+        &mut self,
+        global: &Tensor,
+        local: Option<&Tensor>,
+        it: usize,
+        observe: bool,
+    ) -> Result<StepOut> {
+        self.run(global, local, it, observe, &mut |_| {})
     }
 
     /// [`DinoStep::step`], calling `phase` after each of its parts (`"forward"`,
@@ -90,31 +107,34 @@ impl DinoStep {
         it: usize,
         phase: &mut dyn FnMut(&'static str),
     ) -> Result<StepOut> {
+        self.run(global, local, it, false, phase)
+    }
+
+    fn run(
+        &mut self,
+        global: &Tensor,
+        local: Option<&Tensor>,
+        it: usize,
+        observe: bool,
+        phase: &mut dyn FnMut(&'static str),
+    ) -> Result<StepOut> {
         let v = self.schedules.at(it)?;
         let epoch = v.epoch;
         let (student, teacher, dino_loss) = (&self.student, &self.teacher, &mut self.loss);
-        let (loss, teacher_out) = crate::device::cuda_autocast(self.precision.autocast(), || {
+        let (loss, teacher_stats) = crate::device::cuda_autocast(self.precision.autocast(), || {
             // The teacher sees the global views only.
-            let t = tch::no_grad(|| teacher.forward_crops(&[global], true));
+            let t = tch::no_grad(|| teacher.forward_crops(&[global], true)); // [2b, out_dim]
             let groups: Vec<&Tensor> = std::iter::once(global).chain(local).collect();
-            let s = student.forward_crops(&groups, true);
-            (dino_loss.forward(&s, &t, epoch), t)
+            let s = student.forward_crops(&groups, true); // [(2 + n) * b, out_dim]
+            // Before the loss, which moves the centre: what the loss sees.
+            let stats = observe
+                .then(|| dino_loss.teacher_stats(&t, epoch))
+                .transpose();
+            (dino_loss.forward(&s, &t, epoch), stats)
         });
-        let loss = loss?;
+        let (loss, teacher_stats) = (loss?, teacher_stats?);
         phase("forward");
-        self.optimizer.zero_grad();
-        let finite = match self.scaler.as_mut() {
-            None => {
-                loss.backward();
-                true
-            }
-            Some(s) => {
-                s.scale(&loss).backward();
-                let finite = s.unscale(&self.params);
-                s.update(finite);
-                finite
-            }
-        };
+        let finite = self.backward(&loss);
         phase("backward");
         // A float16 overflow skips the update, as GradScaler.step does.
         if finite {
@@ -129,8 +149,62 @@ impl DinoStep {
         phase("update");
         Ok(StepOut {
             loss: loss.detach(),
-            teacher_out,
             values: v,
+            teacher_stats,
         })
+    }
+
+    /// Gradients of `loss` (scaled and unscaled under fp16); whether they are finite.
+    fn backward(&mut self, loss: &Tensor) -> bool {
+        self.optimizer.zero_grad();
+        match self.scaler.as_mut() {
+            None => {
+                loss.backward();
+                true
+            }
+            Some(s) => {
+                s.scale(loss).backward();
+                let finite = s.unscale(&self.params);
+                s.update(finite);
+                finite
+            }
+        }
+    }
+
+    pub fn student(&self) -> &DinoNet {
+        &self.student
+    }
+
+    pub fn teacher(&self) -> &DinoNet {
+        &self.teacher
+    }
+
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
+    }
+
+    pub fn loss(&self) -> &DinoLoss {
+        &self.loss
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// What a checkpoint keeps of the step: both networks, the optimizer, the loss centre.
+    pub fn state(&self) -> StepState<'_> {
+        StepState {
+            student: &self.student,
+            teacher: &self.teacher,
+            optimizer: &self.optimizer,
+            loss: &self.loss,
+        }
+    }
+
+    /// Continues from `ck`'s state (the caller checked it was made by a compatible config).
+    pub fn restore(&mut self, ck: &Checkpoint) -> Result<()> {
+        ck.restore_nets(&self.student, &self.teacher)?;
+        ck.restore_optimizer(&mut self.optimizer)?;
+        ck.restore_center(&mut self.loss)
     }
 }

@@ -158,7 +158,7 @@ fn twenty_steps_match_the_official_step() {
     tch::manual_seed(0);
     let mut run = DinoStep::new(&cfg, NITER, Device::Cpu).expect("step");
     let init: HashMap<String, Vec<f32>> = run
-        .student
+        .student()
         .vs
         .variables()
         .iter()
@@ -168,7 +168,7 @@ fn twenty_steps_match_the_official_step() {
 
     // Inputs of the reference: initial student under the official keys, and the crops.
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut tensors = named_raw(&run.student.vs, "init.");
+    let mut tensors = named_raw(&run.student().vs, "init.");
     for (it, (g, l)) in crops.iter().enumerate() {
         tensors.insert(format!("global_{it}"), to_raw(g));
         tensors.insert(format!("local_{it}"), to_raw(l));
@@ -205,15 +205,15 @@ fn twenty_steps_match_the_official_step() {
     // The configuration must exercise clipping both ways.
     let clipped: Vec<usize> =
         serde_json::from_str(r.st.meta("clipped").expect("clipped")).expect("clipped JSON");
-    let n_params = run.optimizer.param_names().count();
+    let n_params = run.optimizer().param_names().count();
     assert!(
         clipped.iter().any(|&c| c > 0) && clipped.iter().any(|&c| c < n_params),
         "clipping not exercised: {clipped:?} of {n_params}"
     );
 
-    let student = compare_net(&run.student.vs, &r, "student");
-    let teacher = compare_net(&run.teacher.vs, &r, "teacher");
-    let (ours, theirs) = (values(run.loss.center()), r.f32s("center"));
+    let student = compare_net(&run.student().vs, &r, "student");
+    let teacher = compare_net(&run.teacher().vs, &r, "teacher");
+    let (ours, theirs) = (values(run.loss().center()), r.f32s("center"));
     let center = max_abs(&ours, &theirs);
     assert_close(&ours, &theirs, STATE_ATOL, 0.0);
     eprintln!(
@@ -224,7 +224,7 @@ fn twenty_steps_match_the_official_step() {
     // Training moved the weights far beyond the tolerance, the last layer included (it is
     // trained from epoch 1), so matching is not trivially true.
     let moved = |name: &str| {
-        let now = values(&run.student.vs.variables()[name]);
+        let now = values(&run.student().vs.variables()[name]);
         max_abs(&now, &init[name])
     };
     for name in ["backbone.pos_embed", "head.last_layer.weight_v"] {

@@ -24,7 +24,7 @@ use crate::clip::{CancelledGrads, is_last_layer};
 use crate::flat::FlatBuffer;
 
 /// Elements per update on CPU (512 KiB of f32): the dozen passes of an update then run in
-/// cache, where whole segments would stream from memory each time (2x slower than the
+/// cache, where whole segments would stream from memory each time (slower than the
 /// per-parameter path on a ViT-Tiny head, which this matches or beats). On accelerators the
 /// launch count is what matters, so a segment is one update.
 const CPU_CHUNK: i64 = 1 << 17;
