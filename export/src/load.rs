@@ -22,29 +22,17 @@ pub struct Backbone {
     pub eval: Option<EvalTransform>,
     /// Official key names, no prefix, checked against `vit`.
     pub tensors: BTreeMap<String, RawTensor>,
-    /// How the file was read, for the progress line.
-    pub source: String,
 }
 
 pub fn load_backbone(path: &Path) -> Result<Backbone, ExportError> {
     let format = Format::detect(path)?;
     if matches!(format, Format::Pth | Format::LegacyPth) {
         let imp = read_foreign(path, &ImportOptions::default())?;
-        let source = format!(
-            "PyTorch file{}, imported as {}/{}",
-            imp.entry
-                .as_deref()
-                .map(|e| format!(" (entry `{e}`)"))
-                .unwrap_or_default(),
-            imp.vit.arch,
-            imp.vit.patch_size
-        );
         return Ok(Backbone {
             path: imp.path,
             vit: imp.vit,
             eval: None,
             tensors: imp.tensors,
-            source,
         });
     }
     if format != Format::Safetensors {
@@ -81,15 +69,10 @@ pub fn load_backbone(path: &Path) -> Result<Backbone, ExportError> {
         .map(|(k, t)| (k.clone(), t.shape.clone()))
         .collect();
     check_shapes(path, &backbone_shapes(&vit), &found)?;
-    let source = match kind {
-        st::KIND_CHECKPOINT => "training checkpoint, teacher backbone".to_string(),
-        _ => "backbone".to_string(),
-    };
     Ok(Backbone {
         path: path.to_path_buf(),
         vit,
         eval,
         tensors,
-        source,
     })
 }

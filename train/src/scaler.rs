@@ -12,7 +12,7 @@ pub struct GradScaler {
 }
 
 /// torch.cuda.amp.GradScaler defaults.
-const INIT_SCALE: f64 = 65536.0;
+const INIT_SCALE: f64 = (1u32 << 16) as f64;
 const GROWTH: f64 = 2.0;
 const BACKOFF: f64 = 0.5;
 const GROWTH_INTERVAL: usize = 2000;

@@ -20,6 +20,9 @@ use tch::{Device, Kind, Tensor};
 use super::augment::{JitterOp, PhotometricParams};
 use super::{DataError, color};
 
+/// The weight of the red channel in a packed 24-bit colour key (green: 2^8, blue: 1).
+const TWO_16: f64 = (1u32 << 16) as f64;
+
 /// Columns of the per-view parameter rows: 4 blend factors (one per jitter round), 4
 /// "blend with mean luma" flags, 4 "blend with pixel luma" flags, hue shift, grayscale,
 /// solarize, then the taps of one box-blur pass.
@@ -41,7 +44,7 @@ pub struct DevicePhotometric {
     mean: Tensor,    // [1, 3, 1, 1]
     std: Tensor,     // [1, 3, 1, 1]
     luma: Tensor,    // [1, 3, 1, 1]
-    rgb_key: Tensor, // [1, 3, 1, 1]: 65536, 256, 1
+    rgb_key: Tensor, // [1, 3, 1, 1]: 2^16, 2^8, 1
     /// [`color::hsv_round_trip_tables`] on the device (2 x 64 MiB), made at the first hue.
     hue_tables: std::cell::OnceCell<(Tensor, Tensor)>,
 }
@@ -143,7 +146,7 @@ impl DevicePhotometric {
             mean: chan(&mean),
             std: chan(&std),
             luma: chan(&LUMA.map(|w| w as f32)),
-            rgb_key: chan(&[65536.0, 256.0, 1.0]),
+            rgb_key: chan(&[TWO_16 as f32, 256.0, 1.0]),
             hue_tables: std::cell::OnceCell::new(),
         }
     }
@@ -270,8 +273,8 @@ impl DevicePhotometric {
         };
         let split = |packed: &Tensor| -> Result<(Tensor, Tensor), DataError> {
             // (packed >> 16, packed & 0xffff)
-            let hi = packed.f_div_scalar(65536.0)?.f_floor()?;
-            let lo = packed.f_sub(&hi.f_mul_scalar(65536.0)?)?;
+            let hi = packed.f_div_scalar(TWO_16)?.f_floor()?;
+            let lo = packed.f_sub(&hi.f_mul_scalar(TWO_16)?)?;
             Ok((hi, lo))
         };
         // [m, 1, h, w]: (r << 16) | (g << 8) | b
@@ -282,7 +285,7 @@ impl DevicePhotometric {
         let hsv = to_hsv.f_take(&key.f_to_kind(Kind::Int64)?)?;
         let (h, sv) = split(&hsv)?;
         let h = h.f_add(shift)?.f_remainder(256.0)?;
-        let key = h.f_mul_scalar(65536.0)?.f_add(&sv)?;
+        let key = h.f_mul_scalar(TWO_16)?.f_add(&sv)?;
         let rgb = to_rgb.f_take(&key.f_to_kind(Kind::Int64)?)?;
         let (r, gb) = split(&rgb)?;
         let g = gb.f_div_scalar(256.0)?.f_floor()?;
@@ -296,7 +299,9 @@ impl DevicePhotometric {
         let s = x
             .f_mul(&self.luma)?
             .f_sum_dim_intlist([1i64].as_slice(), true, Kind::Float)?;
-        Ok(s.f_add_scalar(32768.0)?.f_div_scalar(65536.0)?.f_floor()?)
+        Ok(s.f_add_scalar(TWO_16 / 2.0)?
+            .f_div_scalar(TWO_16)?
+            .f_floor()?)
     }
 
     /// One jitter round of the three blend ops (`ImageEnhance`): every view blends with black
