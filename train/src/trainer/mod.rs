@@ -188,7 +188,8 @@ impl Trainer {
         for (i, batch) in self.loader.epoch(epoch as u64).enumerate() {
             let batch = batch?;
             let (global, local) = self.feed.crops(&batch)?;
-            let observe = (self.at.step + 1) % self.cfg.run.log_freq.max(1) == 0 || i + 1 == niter;
+            let log_freq = self.cfg.run.log_freq.max(1);
+            let observe = (self.at.step + 1).is_multiple_of(log_freq) || i + 1 == niter;
             let out =
                 self.step
                     .step_observed(&global, local.as_ref(), epoch * niter + i, observe)?;
@@ -280,7 +281,7 @@ impl Trainer {
         let state = self.step.state();
         checkpoint::save(&self.dir.checkpoint(), &self.cfg, &state, self.at)?;
         let freq = self.cfg.run.saveckp_freq;
-        if freq > 0 && self.at.epoch % freq == 0 {
+        if freq > 0 && self.at.epoch.is_multiple_of(freq) {
             let numbered = self.dir.numbered_checkpoint(self.at.epoch);
             checkpoint::save(&numbered, &self.cfg, &state, self.at)?;
         }
@@ -289,7 +290,7 @@ impl Trainer {
 
     fn knn_due(&self, epoch: usize) -> bool {
         let freq = self.cfg.knn.knn_freq;
-        freq > 0 && ((epoch + 1) % freq == 0 || epoch + 1 == self.cfg.optim.epochs)
+        freq > 0 && ((epoch + 1).is_multiple_of(freq) || epoch + 1 == self.cfg.optim.epochs)
     }
 
     fn evaluate_knn(&mut self, epoch: usize) -> Result<()> {
