@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
-# Installs (once) the system packages the build needs beyond Rust and the Python venv:
-# gloo's headers from Debian's libgloo-dev, which dino-dist's c10d shim compiles against
-# (the torch wheel ships c10d's headers but not gloo's; the gloo code is libtorch's).
-# DINO_GLOO_INCLUDE, the folder holding gloo/, skips the package on other systems.
+# Installs (once) the system packages the build and tests need beyond Rust and the Python
+# venv:
+#   * gloo's headers from Debian's libgloo-dev, which dino-dist's c10d shim compiles against
+#     (the torch wheel ships c10d's headers but not gloo's; the gloo code is libtorch's).
+#     DINO_GLOO_INCLUDE, the folder holding gloo/, skips the package on other systems.
+#   * Debian's chromium, the headless browser of the `dino-run serve` page test
+#     (tests/tests/serve_page.rs, which says it was skipped when there is none). Not
+#     required: without root or apt-get only a note is printed.
 set -euo pipefail
 include="${DINO_GLOO_INCLUDE:-/usr/include}"
-if [ -f "$include/gloo/config.h" ]; then
+packages=()
+if [ ! -f "$include/gloo/config.h" ]; then
+  if [ -n "${DINO_GLOO_INCLUDE:-}" ]; then
+    echo "dino-rs: DINO_GLOO_INCLUDE=$include has no gloo/config.h" >&2
+    exit 1
+  fi
+  packages+=(libgloo-dev)
+fi
+can_install=false
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  can_install=true
+fi
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  if $can_install; then
+    packages+=(chromium)
+  else
+    echo "dino-rs: no chromium: the serve page test will be skipped (apt-get install chromium)" >&2
+  fi
+fi
+if [ ${#packages[@]} = 0 ]; then
   exit 0
 fi
-if [ -n "${DINO_GLOO_INCLUDE:-}" ]; then
-  echo "dino-rs: DINO_GLOO_INCLUDE=$include has no gloo/config.h" >&2
-  exit 1
-fi
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  echo "dino-rs: installing libgloo-dev (gloo headers for the c10d shim)" >&2
+if $can_install; then
+  echo "dino-rs: installing ${packages[*]} (gloo headers for the c10d shim, browser for the page test)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends libgloo-dev >&2
+  apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
   exit 0
 fi
 cat >&2 <<'MSG'

@@ -31,6 +31,41 @@ pub struct AttentionMaps<'a> {
     pub threshold: f32,
 }
 
+/// The official share of attention mass the masks keep.
+pub const DEFAULT_THRESHOLD: f32 = 0.6;
+
+/// Checks a mask threshold (a share of the attention mass).
+pub fn check_threshold(t: f32) -> Result<(), String> {
+    if !(0.0..=1.0).contains(&t) {
+        return Err(format!("threshold must be in [0, 1], got {t}"));
+    }
+    Ok(())
+}
+
+/// The montage of one image's `attention` output (`[heads, patches]` values, `heads` from
+/// the output's shape) on its eval `crop`, as PNG bytes.
+pub fn montage_png(
+    attention: &[f32],
+    heads: usize,
+    patch_size: usize,
+    crop: &RgbImage,
+    threshold: f32,
+) -> Result<Vec<u8>, String> {
+    let maps = AttentionMaps {
+        attention,
+        heads,
+        patch_size,
+        crop,
+        threshold,
+    };
+    maps.check()?;
+    let mut png = Vec::new();
+    maps.render()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| format!("encoding the PNG: {e}"))?;
+    Ok(png)
+}
+
 impl AttentionMaps<'_> {
     fn grid(&self) -> (usize, usize) {
         let g = self.patch_grid();

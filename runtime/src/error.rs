@@ -63,6 +63,13 @@ pub enum RuntimeError {
         gallery: String,
         model: String,
     },
+    #[error("the embedding has dimension {embedding}, the gallery {gallery}")]
+    DimensionMismatch { embedding: usize, gallery: usize },
+    #[error(
+        "the gallery keeps no image paths (built before format version 2): rebuild it with \
+         `dino-run index`"
+    )]
+    NoPaths,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -5,13 +5,18 @@
 //! ```text
 //! offset  size          field
 //! 0       4             magic "DGAL"
-//! 4       4             u32 format version (1)
+//! 4       4             u32 format version (2; version 1 files are read too)
 //! 8       8             u64 length H of the JSON header
 //! 16      H             JSON header {"fingerprint", "model", "dim", "rows", "classes"}
 //! ..      4 * rows      u32 label per row (index into "classes")
 //! ..      4 * rows*dim  f32 embeddings, row-major, each row of unit L2 norm
+//! ..      8             u64 length P of the paths (version 2 only; 0: none stored)
+//! ..      P             JSON array of each row's image path (version 2 only)
 //! end-4   4             u32 CRC-32 (IEEE) of every byte before it
 //! ```
+//!
+//! The paths are what `dino-run search` and the server's `/v1/search` answer with; they are
+//! only text (never opened by the server).
 //!
 //! The fingerprint is the model's `dino_rs.fingerprint`: a gallery is only used with the
 //! weights that produced it.
@@ -26,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::RuntimeError;
 
 pub const MAGIC: &[u8; 4] = b"DGAL";
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The first format: no paths section.
+const VERSION_1: u32 = 1;
 /// Upper bound on the JSON header, so a damaged length cannot allocate gigabytes.
 const MAX_HEADER: u64 = 64 << 20;
 
@@ -46,6 +53,8 @@ pub struct Gallery {
     pub header: GalleryHeader,
     pub labels: Vec<usize>,
     pub features: Vec<f32>,
+    /// Each row's image path, when the gallery keeps them (version 2 written by `index`).
+    pub paths: Option<Vec<String>>,
 }
 
 /// A writer/reader that keeps a running CRC-32 of what passes through.
@@ -89,7 +98,23 @@ impl Gallery {
             },
             labels,
             features,
+            paths: None,
         })
+    }
+
+    /// Keeps each row's image path (one per row).
+    pub fn with_paths(mut self, paths: Vec<String>) -> Result<Self, RuntimeError> {
+        if paths.len() != self.labels.len() {
+            return Err(RuntimeError::Core(dino_core::CoreError::InvalidConfig(
+                format!(
+                    "gallery: {} paths for {} rows",
+                    paths.len(),
+                    self.labels.len()
+                ),
+            )));
+        }
+        self.paths = Some(paths);
+        Ok(self)
     }
 
     /// The k-NN view of this gallery.
@@ -143,6 +168,16 @@ impl Gallery {
             let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
             w.write_all(&bytes).map_err(io)?;
         }
+        let paths = match &self.paths {
+            Some(p) => serde_json::to_vec(p).map_err(|e| RuntimeError::BadGallery {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        w.write_all(&(paths.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(&paths).map_err(io)?;
         let crc = w.crc.clone().finalize();
         let mut inner = w.inner;
         inner.write_all(&crc.to_le_bytes()).map_err(io)?;
@@ -170,9 +205,9 @@ impl Gallery {
             return Err(bad("wrong magic bytes (not a .dgal file)".into()));
         }
         let version = u32::from_le_bytes(fixed[4..8].try_into().expect("4 bytes"));
-        if version != VERSION {
+        if version != VERSION && version != VERSION_1 {
             return Err(bad(format!(
-                "format version {version}, this dino-run reads version {VERSION}"
+                "format version {version}, this dino-run reads versions {VERSION_1} and {VERSION}"
             )));
         }
         let hlen = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
@@ -183,11 +218,18 @@ impl Gallery {
         r.read_exact(&mut hbytes).map_err(truncated)?;
         let header: GalleryHeader =
             serde_json::from_slice(&hbytes).map_err(|e| bad(format!("header: {e}")))?;
-        let expected = 16u64
+        let arrays = 16u64
             .checked_add(hlen)
             .and_then(|v| v.checked_add(4 * header.rows as u64))
-            .and_then(|v| v.checked_add(4 * (header.rows as u64).checked_mul(header.dim as u64)?))
-            .and_then(|v| v.checked_add(4));
+            .and_then(|v| v.checked_add(4 * (header.rows as u64).checked_mul(header.dim as u64)?));
+        // Version 2 adds the paths section, whose length is checked when read.
+        let expected = match version {
+            VERSION_1 => arrays.and_then(|v| v.checked_add(4)),
+            _ => arrays
+                .and_then(|v| v.checked_add(12))
+                .filter(|&v| v <= file_len)
+                .map(|_| file_len),
+        };
         if expected != Some(file_len) {
             return Err(bad(format!(
                 "{} rows of dimension {} need {} bytes, the file has {file_len} (truncated?)",
@@ -202,6 +244,11 @@ impl Gallery {
         let mut features = vec![0f32; header.rows * header.dim];
         r.read_exact(bytemuck::cast_slice_mut(&mut features))
             .map_err(truncated)?;
+        let paths = if version == VERSION_1 {
+            None
+        } else {
+            read_paths(&mut r, file_len - 4 - arrays.unwrap_or(0) - 8, header.rows).map_err(bad)?
+        };
         let computed = r.crc.clone().finalize();
         let mut stored = [0u8; 4];
         r.inner.read_exact(&mut stored).map_err(truncated)?;
@@ -221,8 +268,35 @@ impl Gallery {
             header,
             labels,
             features,
+            paths,
         })
     }
+}
+
+/// The version-2 paths section: its length (which must be all that is left before the
+/// checksum, `left` bytes) and a JSON array of one path per row (empty: none stored).
+fn read_paths(r: &mut impl Read, left: u64, rows: usize) -> Result<Option<Vec<String>>, String> {
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)
+        .map_err(|e| format!("truncated paths section ({e})"))?;
+    let len = u64::from_le_bytes(len);
+    if len != left {
+        return Err(format!(
+            "paths section of {len} bytes, the file has {left} left (truncated?)"
+        ));
+    }
+    if len == 0 {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; len as usize];
+    r.read_exact(&mut bytes)
+        .map_err(|e| format!("truncated paths section ({e})"))?;
+    let paths: Vec<String> =
+        serde_json::from_slice(&bytes).map_err(|e| format!("paths section: {e}"))?;
+    if paths.len() != rows {
+        return Err(format!("{} paths for {rows} rows", paths.len()));
+    }
+    Ok(Some(paths))
 }
 
 #[cfg(test)]
@@ -261,7 +335,7 @@ mod tests {
 
         let mut bytes = std::fs::read(&p).unwrap();
         let n = bytes.len();
-        bytes[n - 10] ^= 0x40;
+        bytes[n - 14] ^= 0x40;
         std::fs::write(&p, &bytes).unwrap();
         let e = Gallery::read(&p).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");
@@ -271,6 +345,38 @@ mod tests {
         std::fs::write(&p, b"hello world, not a gallery").unwrap();
         let e = Gallery::read(&p).unwrap_err().to_string();
         assert!(e.contains("magic"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn paths_round_trip_and_version_1_is_read() {
+        let dir = std::env::temp_dir().join(format!("dgal-paths-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("g.dgal");
+        let names: Vec<String> = ["a/1.png", "b/2.png", "b/3 é.jpg"].map(String::from).into();
+        let g = sample().with_paths(names.clone()).unwrap();
+        g.write(&p).unwrap();
+        assert_eq!(Gallery::read(&p).unwrap().paths, Some(names));
+        // The paths are under the checksum.
+        let mut bytes = std::fs::read(&p).unwrap();
+        let n = bytes.len();
+        bytes[n - 8] ^= 0x01;
+        std::fs::write(&p, &bytes).unwrap();
+        let e = Gallery::read(&p).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        assert!(sample().with_paths(vec!["x".into()]).is_err());
+
+        // A version-1 file: no paths section, version 1, its own checksum.
+        sample().write(&p).unwrap();
+        let v2 = std::fs::read(&p).unwrap();
+        let mut v1 = v2[..v2.len() - 12].to_vec();
+        v1[4..8].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&p, &v1).unwrap();
+        let back = Gallery::read(&p).unwrap();
+        assert_eq!(back.paths, None);
+        assert_eq!(back.features, sample().features);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

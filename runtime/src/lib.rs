@@ -5,10 +5,13 @@
 //! the runtime ships as a small binary plus `libonnxruntime`.
 
 pub mod attention;
+pub mod engine;
 pub mod error;
 pub mod gallery;
+pub mod knn_answer;
 pub mod model;
 pub mod pipeline;
+pub mod serve;
 pub mod session;
 
 pub use error::RuntimeError;

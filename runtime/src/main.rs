@@ -8,23 +8,28 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dino_core::image_io::{ImageFolder, load_rgb};
-use dino_core::knn;
 use dino_core::onnx_meta::OUTPUT_ATTENTION;
-use dino_core::preprocess::{eval_crop, normalize_into};
-use dino_runtime::attention::AttentionMaps;
+use dino_runtime::attention::{DEFAULT_THRESHOLD, check_threshold, montage_png};
+use dino_runtime::engine::{Engine, EngineOptions};
 use dino_runtime::gallery::{Gallery, GalleryHeader};
-use dino_runtime::pipeline::{EmbedOptions, embed_paths};
-use dino_runtime::session::{self, Device, SessionOptions};
+use dino_runtime::knn_answer::{ClassSource, KnnParams, nearest_images};
+use dino_runtime::pipeline::{EmbedOptions, embed_paths, prepare};
+use dino_runtime::serve;
+
+mod serve_args;
 use dino_runtime::{Model, RuntimeError};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use serve_args::ServeArgs;
 
 const EXAMPLES: &str = "\
 Examples:
   dino-run embed --model model.onnx photo.jpg other.png --json
   dino-run index --model model.onnx --images data/train --out gallery.dgal
   dino-run classify --model model.onnx --gallery gallery.dgal photo.jpg --k 20 --topk 5
+  dino-run search --model model.onnx --gallery gallery.dgal photo.jpg --topk 5
   dino-run attention --model model.onnx photo.jpg --out attn.png
+  dino-run serve --model model.onnx --gallery gallery.dgal --bind 127.0.0.1:8080
   dino-run --device cuda:0 --threads 4 embed --model model.onnx *.jpg
 
 ONNX Runtime is loaded from --ort-lib, ORT_DYLIB_PATH, the folder of this binary, or the
@@ -107,6 +112,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The gallery images nearest to each image (cosine similarity of the embeddings).
+    Search {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, value_name = "GALLERY.dgal")]
+        gallery: PathBuf,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Neighbours printed per image.
+        #[arg(long, default_value_t = 5)]
+        topk: usize,
+        /// JSON output: [{"image", "neighbours": [{"class", "index", "path", "row", "similarity"}]}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve embeddings, classification, search and attention maps over HTTP with dynamic
+    /// batching (SIGTERM drains and exits, SIGHUP reloads the model and gallery).
+    Serve(ServeArgs),
     /// Render the last block's CLS attention (per head, mean, thresholded masks) as a PNG.
     Attention {
         #[command(flatten)]
@@ -115,26 +138,26 @@ enum Command {
         #[arg(long, value_name = "OUT.png")]
         out: PathBuf,
         /// Share of the attention mass the masks keep (official: 0.6).
-        #[arg(long, default_value_t = 0.6)]
+        #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
         threshold: f32,
     },
 }
 
-fn open_model(cli: &Cli, path: &Path) -> Result<Model> {
-    let device: Device = cli.device.parse()?;
-    let lib = session::find_ort_lib(cli.ort_lib.as_deref())?;
-    let env = session::init_ort(&lib)?;
-    let opts = SessionOptions {
-        device,
+fn engine_options(cli: &Cli) -> EngineOptions {
+    EngineOptions {
+        ort_lib: cli.ort_lib.clone(),
+        device: cli.device.clone(),
         threads: cli.threads,
-        cache_dir: if cli.no_cache {
-            None
-        } else {
-            session::default_cache_dir()
-        },
-    };
-    Ok(Model::open(&env, path, &opts)?)
+        no_cache: cli.no_cache,
+    }
 }
+
+fn open_model(cli: &Cli, path: &Path) -> Result<Model> {
+    Ok(Engine::new(&engine_options(cli))?.open(path)?)
+}
+
+/// One image's embedding, or why it has none.
+type Embedded = Result<Vec<f32>, String>;
 
 fn progress(len: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len as u64);
@@ -155,9 +178,9 @@ fn embed_all(
     batch: usize,
     normalize: bool,
     what: &str,
-) -> Result<Vec<Result<Vec<f32>, String>>> {
+) -> Result<Vec<Embedded>> {
     let pb = (paths.len() > batch).then(|| progress(paths.len(), what));
-    let mut results: Vec<Result<Vec<f32>, String>> = vec![Err(String::new()); paths.len()];
+    let mut results: Vec<Embedded> = vec![Err(String::new()); paths.len()];
     embed_paths(
         model,
         paths,
@@ -185,6 +208,178 @@ fn embed_all(
     Ok(results)
 }
 
+/// A command answering each image from a gallery (`classify`, `search`).
+struct GalleryQuery<'a> {
+    cli: &'a Cli,
+    model: &'a ModelArgs,
+    gallery: &'a Path,
+    images: &'a [PathBuf],
+    json: bool,
+}
+
+impl GalleryQuery<'_> {
+    /// Embeds the images, answers `key` for each with `answer`, prints JSON or per image a
+    /// line of `(name, value, decimals)` columns.
+    fn answer<T: serde::Serialize>(
+        &self,
+        key: &str,
+        (name, value, decimals): (&str, &str, usize),
+        answer: impl Fn(&Gallery, &[f32]) -> Result<T, RuntimeError>,
+    ) -> Result<bool> {
+        let mut m = open_model(self.cli, &self.model.model)?;
+        let g = Gallery::read(self.gallery)?;
+        g.check_fingerprint(self.gallery, &m.info.fingerprint)?;
+        let results = embed_all(
+            &mut m,
+            self.images,
+            self.model.batch_size,
+            true,
+            "embedding",
+        )?;
+        let items = answer_each(self.images, &results, key, |e| answer(&g, e))
+            .with_context(|| self.gallery.display().to_string())?;
+        print_items(&items, self.json, key, |c| {
+            format!(
+                "{} {:.decimals$}",
+                c[name].as_str().unwrap_or("?"),
+                c[value].as_f64().unwrap_or(0.0)
+            )
+        })?;
+        Ok(results.iter().all(Result::is_ok))
+    }
+}
+
+/// One JSON item per image: `key` holding `answer(embedding)`, or the image's error.
+fn answer_each<T: serde::Serialize>(
+    images: &[PathBuf],
+    results: &[Embedded],
+    key: &str,
+    answer: impl Fn(&[f32]) -> Result<T, RuntimeError>,
+) -> Result<Vec<serde_json::Value>> {
+    let mut items = Vec::new();
+    for (p, r) in images.iter().zip(results) {
+        items.push(match r {
+            Ok(e) => json!({"image": p, key: answer(e)?}),
+            Err(e) => json!({"image": p, "error": e}),
+        });
+    }
+    Ok(items)
+}
+
+/// Prints JSON items, or per image a tab-separated line of `fields(entry)` over `key`.
+fn print_items(
+    items: &[serde_json::Value],
+    json: bool,
+    key: &str,
+    fields: impl Fn(&serde_json::Value) -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(items)?);
+        return Ok(());
+    }
+    for it in items {
+        let Some(list) = it[key].as_array() else {
+            continue;
+        };
+        let s: Vec<String> = list.iter().map(&fields).collect();
+        println!("{}\t{}", it["image"].as_str().unwrap_or("?"), s.join("\t"));
+    }
+    Ok(())
+}
+
+fn cmd_embed(
+    cli: &Cli,
+    model: &ModelArgs,
+    images: &[PathBuf],
+    json: bool,
+    raw: bool,
+) -> Result<bool> {
+    let mut m = open_model(cli, &model.model)?;
+    let results = embed_all(&mut m, images, model.batch_size, !raw, "embedding")?;
+    if json {
+        let items = answer_each(images, &results, "embedding", |e| Ok(e.to_vec()))?;
+        println!("{}", serde_json::to_string(&items)?);
+    } else {
+        for (p, r) in images.iter().zip(&results) {
+            if let Ok(e) = r {
+                let v: Vec<String> = e.iter().map(|x| x.to_string()).collect();
+                println!("{}\t{}", p.display(), v.join(" "));
+            }
+        }
+    }
+    Ok(results.iter().all(Result::is_ok))
+}
+
+fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<bool> {
+    let folder = ImageFolder::scan(images)?;
+    let mut m = open_model(cli, &model.model)?;
+    let paths: Vec<PathBuf> = folder.samples.iter().map(|s| s.0.clone()).collect();
+    let results = embed_all(&mut m, &paths, model.batch_size, true, "indexing")?;
+    let (mut labels, mut features, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, s) in results.iter().zip(&folder.samples) {
+        if let Ok(e) = r {
+            labels.push(s.1);
+            features.extend_from_slice(e);
+            kept.push(s.0.to_string_lossy().into_owned());
+        }
+    }
+    if labels.is_empty() {
+        bail!(
+            "{}: none of the {} images could be embedded",
+            images.display(),
+            paths.len()
+        );
+    }
+    let header = GalleryHeader {
+        fingerprint: m.info.fingerprint.clone(),
+        model: model
+            .model
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        dim: features.len() / labels.len(),
+        rows: labels.len(),
+        classes: folder.classes.clone(),
+    };
+    let n = labels.len();
+    Gallery::new(header, labels, features)?
+        .with_paths(kept)?
+        .write(out)?;
+    eprintln!(
+        "{}: {n} images of {} classes (of {} files)",
+        out.display(),
+        folder.classes.len(),
+        paths.len()
+    );
+    Ok(n == paths.len())
+}
+
+fn cmd_attention(
+    cli: &Cli,
+    model: &ModelArgs,
+    image: &Path,
+    out: &Path,
+    threshold: f32,
+) -> Result<bool> {
+    check_threshold(threshold).map_err(|why| anyhow::anyhow!("--{why}"))?;
+    let mut m = open_model(cli, &model.model)?;
+    m.info.require_output(OUTPUT_ATTENTION)?;
+    let (crop, input) = prepare(&load_rgb(image)?, &m.info.eval);
+    let outs = m.run(&input, 1, &[OUTPUT_ATTENTION])?;
+    let a = &outs[0];
+    let heads = a.shape.get(1).copied().unwrap_or(0);
+    let png = montage_png(&a.data, heads, m.info.vit.patch_size, &crop, threshold)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", model.model.display()))?;
+    std::fs::write(out, png).with_context(|| format!("{}: cannot write the PNG", out.display()))?;
+    eprintln!("{}: {heads} heads, threshold {threshold}", out.display());
+    Ok(true)
+}
+
+fn cmd_serve(cli: &Cli, a: &ServeArgs) -> Result<bool> {
+    serve::run(a.options(engine_options(cli))?)?;
+    Ok(true)
+}
+
 fn run(cli: &Cli) -> Result<bool> {
     match &cli.command {
         Command::Embed {
@@ -192,69 +387,8 @@ fn run(cli: &Cli) -> Result<bool> {
             images,
             json,
             raw,
-        } => {
-            let mut m = open_model(cli, &model.model)?;
-            let results = embed_all(&mut m, images, model.batch_size, !raw, "embedding")?;
-            if *json {
-                let items: Vec<_> = images
-                    .iter()
-                    .zip(&results)
-                    .map(|(p, r)| match r {
-                        Ok(e) => json!({"image": p, "embedding": e}),
-                        Err(e) => json!({"image": p, "error": e}),
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string(&items)?);
-            } else {
-                for (p, r) in images.iter().zip(&results) {
-                    if let Ok(e) = r {
-                        let v: Vec<String> = e.iter().map(|x| x.to_string()).collect();
-                        println!("{}\t{}", p.display(), v.join(" "));
-                    }
-                }
-            }
-            Ok(results.iter().all(Result::is_ok))
-        }
-        Command::Index { model, images, out } => {
-            let folder = ImageFolder::scan(images)?;
-            let mut m = open_model(cli, &model.model)?;
-            let paths: Vec<PathBuf> = folder.samples.iter().map(|s| s.0.clone()).collect();
-            let results = embed_all(&mut m, &paths, model.batch_size, true, "indexing")?;
-            let (mut labels, mut features) = (Vec::new(), Vec::new());
-            for (r, s) in results.iter().zip(&folder.samples) {
-                if let Ok(e) = r {
-                    labels.push(s.1);
-                    features.extend_from_slice(e);
-                }
-            }
-            if labels.is_empty() {
-                bail!(
-                    "{}: none of the {} images could be embedded",
-                    images.display(),
-                    paths.len()
-                );
-            }
-            let header = GalleryHeader {
-                fingerprint: m.info.fingerprint.clone(),
-                model: model
-                    .model
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                dim: features.len() / labels.len(),
-                rows: labels.len(),
-                classes: folder.classes.clone(),
-            };
-            let n = labels.len();
-            Gallery::new(header, labels, features)?.write(out)?;
-            eprintln!(
-                "{}: {n} images of {} classes (of {} files)",
-                out.display(),
-                folder.classes.len(),
-                paths.len()
-            );
-            Ok(n == paths.len())
-        }
+        } => cmd_embed(cli, model, images, *json, *raw),
+        Command::Index { model, images, out } => cmd_index(cli, model, images, out),
         Command::Classify {
             model,
             gallery,
@@ -264,93 +398,47 @@ fn run(cli: &Cli) -> Result<bool> {
             topk,
             json,
         } => {
-            if *k == 0 || temperature.is_nan() || *temperature <= 0.0 {
-                bail!("--k must be positive and --temperature greater than 0");
-            }
-            let mut m = open_model(cli, &model.model)?;
-            let g = Gallery::read(gallery)?;
-            g.check_fingerprint(gallery, &m.info.fingerprint)?;
-            let results = embed_all(&mut m, images, model.batch_size, true, "classifying")?;
-            let kg = g.knn();
-            let mut items = Vec::new();
-            for (p, r) in images.iter().zip(&results) {
-                let Ok(e) = r else {
-                    items.push(json!({"image": p, "error": r.as_ref().err()}));
-                    continue;
-                };
-                if e.len() != kg.dim {
-                    bail!(
-                        "{}: embedding dimension {} differs from the gallery's {}",
-                        gallery.display(),
-                        e.len(),
-                        kg.dim
-                    );
-                }
-                let neighbours = knn::nearest_neighbours(&kg, e, *k);
-                let ranked = knn::vote(&neighbours[0], kg.labels, kg.num_classes, *temperature);
-                let total: f32 = ranked.iter().map(|c| c.1).sum();
-                let top: Vec<_> = ranked
-                    .iter()
-                    .take(*topk)
-                    .map(|&(c, s)| json!({"class": g.header.classes[c], "index": c, "score": s, "share": s / total}))
-                    .collect();
-                items.push(json!({"image": p, "top": top}));
-            }
-            if *json {
-                println!("{}", serde_json::to_string(&items)?);
-            } else {
-                for it in &items {
-                    let Some(top) = it["top"].as_array() else {
-                        continue;
-                    };
-                    let s: Vec<String> = top
-                        .iter()
-                        .map(|c| {
-                            format!(
-                                "{} {:.3}",
-                                c["class"].as_str().unwrap_or("?"),
-                                c["share"].as_f64().unwrap_or(0.0)
-                            )
-                        })
-                        .collect();
-                    println!("{}\t{}", it["image"].as_str().unwrap_or("?"), s.join("\t"));
-                }
-            }
-            Ok(results.iter().all(Result::is_ok))
+            let p = KnnParams {
+                k: *k,
+                temperature: *temperature,
+            };
+            p.check().map_err(|why| anyhow::anyhow!("--{why}"))?;
+            let q = GalleryQuery {
+                cli,
+                model,
+                gallery,
+                images,
+                json: *json,
+            };
+            q.answer("top", ("class", "share", 3), |g, e| {
+                ClassSource::Knn(g, p).top(e, *topk)
+            })
+        }
+        Command::Search {
+            model,
+            gallery,
+            images,
+            topk,
+            json,
+        } => {
+            let q = GalleryQuery {
+                cli,
+                model,
+                gallery,
+                images,
+                json: *json,
+            };
+            q.answer("neighbours", ("path", "similarity", 4), |g, e| {
+                nearest_images(g, e, *topk)
+            })
         }
         Command::Attention {
             model,
             image,
             out,
             threshold,
-        } => {
-            if !(0.0..=1.0).contains(threshold) {
-                bail!("--threshold must be in [0, 1], got {threshold}");
-            }
-            let mut m = open_model(cli, &model.model)?;
-            m.info.require_output(OUTPUT_ATTENTION)?;
-            let img = load_rgb(image)?;
-            let crop = eval_crop(&img, &m.info.eval);
-            let mut input = vec![0f32; m.info.image_len()];
-            normalize_into(&crop, &m.info.eval.mean, &m.info.eval.std, &mut input);
-            let outs = m.run(&input, 1, &[OUTPUT_ATTENTION])?;
-            let a = &outs[0];
-            let heads = a.shape.get(1).copied().unwrap_or(0);
-            let maps = AttentionMaps {
-                attention: &a.data,
-                heads,
-                patch_size: m.info.vit.patch_size,
-                crop: &crop,
-                threshold: *threshold,
-            };
-            maps.check()
-                .map_err(|why| anyhow::anyhow!("{}: {why}", model.model.display()))?;
-            maps.render()
-                .save(out)
-                .with_context(|| format!("{}: cannot write the PNG", out.display()))?;
-            eprintln!("{}: {heads} heads, threshold {threshold}", out.display());
-            Ok(true)
-        }
+        } => cmd_attention(cli, model, image, out, *threshold),
+        Command::Serve(a) => cmd_serve(cli, a),
     }
 }
 

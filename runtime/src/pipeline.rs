@@ -9,7 +9,8 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use dino_core::image_io::load_rgb;
 use dino_core::knn::l2_normalize_rows;
 use dino_core::onnx_meta::OUTPUT_EMBEDDING;
-use dino_core::preprocess::eval_transform_into;
+use dino_core::preprocess::{eval_crop, eval_transform_into, normalize_into};
+use image::RgbImage;
 use rayon::prelude::*;
 
 use crate::error::RuntimeError;
@@ -21,6 +22,15 @@ struct Batch {
     indices: Vec<usize>,
     data: Vec<f32>,
     failed: Vec<(usize, RuntimeError)>,
+}
+
+/// One decoded image as the model sees it: its eval crop (what attention maps are drawn
+/// on) and the normalised CHW tensor, the same values as [`embed_paths`] computes.
+pub fn prepare(img: &RgbImage, eval: &dino_core::EvalTransform) -> (RgbImage, Vec<f32>) {
+    let crop = eval_crop(img, eval);
+    let mut input = vec![0f32; dino_core::preprocess::image_len(eval)];
+    normalize_into(&crop, &eval.mean, &eval.std, &mut input);
+    (crop, input)
 }
 
 /// Embedding options.

@@ -5,9 +5,11 @@
 //! `dino_core::testing::assert_close`.
 
 pub mod export;
+pub mod http;
 mod paths;
 mod run;
 pub mod runtime;
+pub mod serve;
 mod train;
 
 pub use paths::{bin, data_dir, photos, root, s, scratch, sorted_files};

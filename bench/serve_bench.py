@@ -1,0 +1,147 @@
+"""Measures `dino-run serve` against the batch CLI; driven by bench/serve.sh.
+
+All traffic goes to 127.0.0.1 on a port the server picks; every loop is bounded by the
+image count. The CLI figures exclude process start and session creation:
+wall(N + w images) - wall(w images), w = one batch. Prints a Markdown table.
+"""
+
+import argparse
+import http.client
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / "target/release/dino-run"
+PHOTOS = sorted((ROOT.parent / "shared/data/photos").iterdir())
+
+
+def cli_wall(env, model, threads, batch, images):
+    cmd = [str(BIN), "--threads", str(threads), "embed", "--model", model,
+           "--batch-size", str(batch), *map(str, images)]
+    t = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def cli_per_image(env, model, threads, batch, images, warm):
+    """Seconds per image of a warm CLI: the N-image run minus a `warm`-image run."""
+    full = min(cli_wall(env, model, threads, batch, images + images[:warm]) for _ in range(2))
+    base = min(cli_wall(env, model, threads, batch, images[:warm]) for _ in range(2))
+    return (full - base) / len(images)
+
+
+def start_server(env, model, threads):
+    p = subprocess.Popen([str(BIN), "--threads", str(threads), "serve", "--model", model,
+                          "--bind", "127.0.0.1:0", "--max-batch", "32", "--max-queue", "1024"],
+                         env=env, stderr=subprocess.PIPE, text=True)
+    for line in p.stderr:
+        if "http://" in line:
+            host, port = line.split("http://")[1].split()[0].split(":")
+            threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+            return p, host, int(port)
+    raise SystemExit("dino-run serve did not start")
+
+
+def post(host, port, body):
+    c = http.client.HTTPConnection(host, port, timeout=120)
+    t = time.perf_counter()
+    c.request("POST", "/v1/embed", body=body)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    if r.status != 200:
+        raise SystemExit(f"status {r.status}")
+    return time.perf_counter() - t
+
+
+def rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def load(host, port, bodies, clients, pid):
+    """`clients` threads posting `bodies` (each once); returns (images/s, peak RSS MiB)."""
+    next_i, lock, peak, done = [0], threading.Lock(), [0.0], threading.Event()
+
+    def client():
+        while True:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= len(bodies):
+                return
+            post(host, port, bodies[i])
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib(pid))
+            time.sleep(0.05)
+
+    s = threading.Thread(target=sample)
+    s.start()
+    t = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    done.set()
+    s.join()
+    return len(bodies) / wall, peak[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--model-args", default="--img 224 --patch 16 --dim 384 --depth 12 --heads 6")
+    a = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="dino-serve-bench-")
+    env = dict(os.environ, XDG_CACHE_HOME=tmp)
+    model = os.path.join(tmp, "vit.onnx")
+    subprocess.run([sys.executable, str(ROOT / "tests/python/runtime_fixture.py"), model,
+                    *a.model_args.split()], check=True, stdout=subprocess.DEVNULL)
+    images = [PHOTOS[i % len(PHOTOS)] for i in range(a.images)]
+    bodies = [p.read_bytes() for p in images]
+
+    batch_s = cli_per_image(env, model, a.threads, 32, images, 32)
+    single_s = cli_per_image(env, model, a.threads, 1, images[: max(16, a.images // 4)], 2)
+
+    srv, host, port = start_server(env, model, a.threads)
+    try:
+        for b in bodies[:8]:
+            post(host, port, b)  # warm-up
+        one = sorted(post(host, port, b) for b in bodies[: max(32, a.images // 2)])
+        p50 = statistics.median(one)
+        p99 = one[min(len(one) - 1, int(round(0.99 * (len(one) - 1))))]
+        rate, peak = load(host, port, bodies, a.clients, srv.pid)
+    finally:
+        srv.terminate()
+        srv.wait(timeout=60)
+
+    cli_rate = 1.0 / batch_s
+    print(f"model: runtime_fixture.py {a.model_args}; {a.threads} threads; "
+          f"{a.images} images (the {len(PHOTOS)} photos repeated)\n")
+    print("| measure | dino-run serve | CLI | ratio / difference | target |")
+    print("|---|---|---|---|---|")
+    print(f"| images/s, {a.clients} clients vs `embed --batch-size 32` | {rate:.1f} | "
+          f"{cli_rate:.1f} | {rate / cli_rate:.2f}x | >= 0.9x |")
+    print(f"| latency p50, 1 client vs warm `embed --batch-size 1` per image | "
+          f"{p50 * 1e3:.1f} ms | {single_s * 1e3:.1f} ms | {(p50 - single_s) * 1e3:+.1f} ms | within 5 ms |")
+    print(f"| latency p99, 1 client | {p99 * 1e3:.1f} ms | {single_s * 1e3:.1f} ms | "
+          f"{(p99 - single_s) * 1e3:+.1f} ms | within 5 ms |")
+    print(f"| peak RSS under {a.clients} clients | {peak:.0f} MiB | | | |")
+
+
+if __name__ == "__main__":
+    main()
