@@ -6,6 +6,7 @@ wall(N + w images) - wall(w images), w = one batch. Prints a Markdown table.
 """
 
 import argparse
+import resource
 import http.client
 import os
 import statistics
@@ -21,19 +22,26 @@ BIN = ROOT / "target/release/dino-run"
 PHOTOS = sorted((ROOT.parent / "shared/data/photos").iterdir())
 
 
-def cli_wall(env, model, threads, batch, images):
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cli_run(env, model, threads, batch, images):
+    """(wall, CPU seconds) of one `dino-run embed` run."""
     cmd = [str(BIN), "--threads", str(threads), "embed", "--model", model,
            "--batch-size", str(batch), *map(str, images)]
-    t = time.perf_counter()
+    c, t = children_cpu(), time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, children_cpu() - c
 
 
 def cli_per_image(env, model, threads, batch, images, warm):
-    """Seconds per image of a warm CLI: the N-image run minus a `warm`-image run."""
-    full = min(cli_wall(env, model, threads, batch, images + images[:warm]) for _ in range(2))
-    base = min(cli_wall(env, model, threads, batch, images[:warm]) for _ in range(2))
-    return (full - base) / len(images)
+    """(wall, CPU) seconds per image of a warm CLI: the N-image run minus a `warm`-image
+    run, best of 2 rounds each."""
+    full = min(cli_run(env, model, threads, batch, images + images[:warm]) for _ in range(2))
+    base = min(cli_run(env, model, threads, batch, images[:warm]) for _ in range(2))
+    return tuple((f - b) / len(images) for f, b in zip(full, base))
 
 
 def start_server(env, model, threads):
@@ -60,6 +68,12 @@ def post(host, port, body):
     return time.perf_counter() - t
 
 
+def cpu_s(pid):
+    """User + system CPU seconds of a process so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
@@ -68,7 +82,8 @@ def rss_mib(pid):
 
 
 def load(host, port, bodies, clients, pid):
-    """`clients` threads posting `bodies` (each once); returns (images/s, peak RSS MiB)."""
+    """`clients` threads posting `bodies` (each once); returns (images/s, server CPU
+    seconds per image, peak RSS MiB)."""
     next_i, lock, peak, done = [0], threading.Lock(), [0.0], threading.Event()
 
     def client():
@@ -87,16 +102,16 @@ def load(host, port, bodies, clients, pid):
 
     s = threading.Thread(target=sample)
     s.start()
-    t = time.perf_counter()
+    c, t = cpu_s(pid), time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, cpu_s(pid) - c
     done.set()
     s.join()
-    return len(bodies) / wall, peak[0]
+    return len(bodies) / wall, cpu / len(bodies), peak[0]
 
 
 def main():
@@ -114,8 +129,8 @@ def main():
     images = [PHOTOS[i % len(PHOTOS)] for i in range(a.images)]
     bodies = [p.read_bytes() for p in images]
 
-    batch_s = cli_per_image(env, model, a.threads, 32, images, 32)
-    single_s = cli_per_image(env, model, a.threads, 1, images[: max(16, a.images // 4)], 2)
+    batch_s, batch_cpu = cli_per_image(env, model, a.threads, 32, images, 32)
+    single_s, _ = cli_per_image(env, model, a.threads, 1, images[: max(16, a.images // 4)], 2)
 
     srv, host, port = start_server(env, model, a.threads)
     try:
@@ -124,7 +139,9 @@ def main():
         one = sorted(post(host, port, b) for b in bodies[: max(32, a.images // 2)])
         p50 = statistics.median(one)
         p99 = one[min(len(one) - 1, int(round(0.99 * (len(one) - 1))))]
-        rate, peak = load(host, port, bodies, a.clients, srv.pid)
+        # Best of 2 rounds, as the CLI's figures.
+        rounds = [load(host, port, bodies, a.clients, srv.pid) for _ in range(2)]
+        rate, cpu, peak = max(r[0] for r in rounds), min(r[1] for r in rounds), max(r[2] for r in rounds)
     finally:
         srv.terminate()
         srv.wait(timeout=60)
@@ -136,6 +153,8 @@ def main():
     print("|---|---|---|---|---|")
     print(f"| images/s, {a.clients} clients vs `embed --batch-size 32` | {rate:.1f} | "
           f"{cli_rate:.1f} | {rate / cli_rate:.2f}x | >= 0.9x |")
+    print(f"| CPU ms per image, same runs | {cpu * 1e3:.1f} | {batch_cpu * 1e3:.1f} | "
+          f"{cpu / batch_cpu:.2f}x | |")
     print(f"| latency p50, 1 client vs warm `embed --batch-size 1` per image | "
           f"{p50 * 1e3:.1f} ms | {single_s * 1e3:.1f} ms | {(p50 - single_s) * 1e3:+.1f} ms | within 5 ms |")
     print(f"| latency p99, 1 client | {p99 * 1e3:.1f} ms | {single_s * 1e3:.1f} ms | "
