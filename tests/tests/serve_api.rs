@@ -317,3 +317,15 @@ fn search_needs_a_gallery_with_paths() {
         assert_eq!(r.json()["error"]["code"], "no_gallery");
     }
 }
+
+#[test]
+fn requests_past_the_time_limit_get_504_and_the_server_keeps_serving() {
+    // 1 ms: decoding a photo alone takes longer.
+    let srv = start(&["--timeout-ms", "1"]);
+    let photo = std::fs::read(&photos()[0]).unwrap();
+    let r = http::post(srv.addr, "/v1/embed", &photo).unwrap();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "timeout");
+    assert_eq!(http::get(srv.addr, "/healthz").unwrap().status, 200);
+    assert_eq!(http::get(srv.addr, "/readyz").unwrap().status, 200);
+}

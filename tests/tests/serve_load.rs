@@ -123,6 +123,8 @@ fn overload_gets_503_with_retry_after_at_flat_memory() {
     let growth = rss[2].saturating_sub(rss[0]);
     assert!(growth < 32 * 1024, "RSS grew by {growth} KiB: {rss:?}");
     assert_eq!(metric(&srv, "dino_queue_depth"), 0.0);
+    drop(srv);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -164,6 +166,8 @@ fn sigterm_drains_in_flight_requests_and_refuses_new_ones() {
     let status = srv.wait(Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
     assert!(srv.logged("draining"));
+    drop(srv);
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Replaces `to` by a copy of `from` in one rename.
@@ -255,4 +259,6 @@ fn sighup_swaps_model_and_gallery_under_load_without_a_failed_request() {
     let cli = json(&output_ok(&mut c, "dino-run classify"));
     let r = http::post(srv.addr, "/v1/classify", &bytes[0]).unwrap();
     assert_eq!(r.json()[0]["top"], cli[0]["top"]);
+    drop(srv);
+    std::fs::remove_dir_all(&dir).ok();
 }

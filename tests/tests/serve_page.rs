@@ -103,4 +103,6 @@ fn page_shows_class_and_attention_in_headless_chromium() {
         hot >= 4 * 16 * 16,
         "no attention heatmaps in the screenshot ({hot} pixels)"
     );
+    drop(srv);
+    std::fs::remove_dir_all(&dir).ok();
 }
