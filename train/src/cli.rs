@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::builder::PossibleValuesParser;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
-use dino_train::config::{KnnConfig, OptionInfo, TrainConfig, ValueKind, flag_text, options};
+use dino_train::config::{
+    ALIASES, KnnConfig, OptionInfo, TrainConfig, ValueKind, flag_text, option, options,
+};
 use dino_train::device::DeviceSpec;
 
 const EXAMPLES: &str = "\
@@ -127,6 +129,8 @@ pub struct TrainArgs {
     pub stop_after: Option<usize>,
     /// Options given on the command line, as `(official name, text)`.
     pub overrides: Vec<(String, String)>,
+    /// Start this many rank processes on this machine (the built-in launcher).
+    pub nproc_per_node: Option<usize>,
 }
 
 impl Args for TrainArgs {
@@ -160,6 +164,13 @@ impl Args for TrainArgs {
                     .help("stop after this many epochs of this invocation, keeping the schedules of the full run (time-boxed jobs; continue with --resume)"),
             )
             .arg(
+                clap::Arg::new("nproc_per_node")
+                    .long("nproc_per_node")
+                    .value_name("N")
+                    .value_parser(clap::value_parser!(usize))
+                    .help("start N rank processes on this machine (as torchrun --standalone --nproc_per_node N; CPU ranks share the cores)"),
+            )
+            .arg(
                 clap::Arg::new("print_config")
                     .long("print-config")
                     .action(clap::ArgAction::SetTrue)
@@ -170,7 +181,17 @@ impl Args for TrainArgs {
             .to_toml()
             .parse()
             .expect("the printed defaults parse");
-        options().fold(cmd, |cmd, o| cmd.arg(option_arg(o, defaults.get(o.key))))
+        let cmd = options().fold(cmd, |cmd, o| cmd.arg(option_arg(o, defaults.get(o.key))));
+        ALIASES.iter().fold(cmd, |cmd, (alias, key)| {
+            cmd.arg(
+                clap::Arg::new(*alias)
+                    .long(*alias)
+                    .value_name("VALUE")
+                    .conflicts_with(*key)
+                    .help(format!("the same as --{key}"))
+                    .help_heading(option(key).map_or("Options", |o| o.heading)),
+            )
+        })
     }
 
     fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
@@ -180,10 +201,13 @@ impl Args for TrainArgs {
 
 impl FromArgMatches for TrainArgs {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let overrides = options()
-            .filter_map(|o| {
-                let text = m.get_one::<String>(o.key)?;
-                Some((o.key.to_string(), text.clone()))
+        let keys = options()
+            .map(|o| o.key)
+            .chain(ALIASES.iter().map(|(a, _)| *a));
+        let overrides = keys
+            .filter_map(|key| {
+                let text = m.get_one::<String>(key)?;
+                Some((key.to_string(), text.clone()))
             })
             .collect();
         Ok(Self {
@@ -193,6 +217,7 @@ impl FromArgMatches for TrainArgs {
             dry_run: m.get_flag("print_config"),
             stop_after: m.get_one::<usize>("stop_after").copied(),
             overrides,
+            nproc_per_node: m.get_one::<usize>("nproc_per_node").copied(),
         })
     }
 

@@ -129,6 +129,11 @@ impl FlatEma {
         })
     }
 
+    /// The teacher's buffer (every teacher tensor is a view of it).
+    pub fn teacher(&self) -> &FlatBuffer {
+        &self.teacher
+    }
+
     /// The student's buffer (every student tensor is a view of it).
     pub fn student(&self) -> &FlatBuffer {
         &self.student

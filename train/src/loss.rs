@@ -24,6 +24,22 @@ pub struct DinoLoss {
     /// Teacher temperature per epoch ([`crate::schedule::teacher_temp_schedule`]).
     teacher_temp_schedule: Vec<f64>,
     center: Tensor,
+    /// Sums the batch centre over the processes of a multi-process run.
+    reducer: Option<std::rc::Rc<dyn CenterReducer>>,
+}
+
+/// What the centre update needs of a multi-process run (official: `dist.all_reduce` of
+/// the batch centre, then a division by the world size).
+pub trait CenterReducer {
+    /// Sums `t` over every process, in place.
+    fn sum_(&self, t: &Tensor) -> Result<(), AlgoError>;
+    fn world_size(&self) -> usize;
+}
+
+impl std::fmt::Debug for dyn CenterReducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CenterReducer(world {})", self.world_size())
+    }
 }
 
 impl DinoLoss {
@@ -53,7 +69,13 @@ impl DinoLoss {
             ncrops,
             teacher_temp_schedule,
             center,
+            reducer: None,
         })
+    }
+
+    /// Takes the centre's batch mean over every process of a multi-process run.
+    pub fn reduce_center_with(&mut self, reducer: std::rc::Rc<dyn CenterReducer>) {
+        self.reducer = Some(reducer);
     }
 
     /// The running center of the teacher logits, `(1, out_dim)`, fp32.
@@ -153,16 +175,19 @@ impl DinoLoss {
     }
 
     /// Official `DINOLoss.update_center`: `center = center * m + mean(teacher) * (1 - m)`, the
-    /// batch mean taken as a sum divided by the row count (the official code all-reduces the
-    /// sum over processes and divides by `batch * world_size`; this is one process).
+    /// batch mean taken as a sum divided by the row count (over every process when a
+    /// [`CenterReducer`] is set: the sum all-reduced, divided by `rows * world_size`).
     pub fn update_center(&mut self, teacher_output: &Tensor) -> Result<(), AlgoError> {
         let m = self.cfg.center_momentum;
         let center = tch::no_grad(|| -> Result<Tensor, AlgoError> {
             let t = teacher_output.f_to_kind(Kind::Float)?;
-            let rows = t.size()[0];
-            let batch_center = t
-                .f_sum_dim_intlist(0, true, Kind::Float)?
-                .f_div_scalar(rows)?;
+            let mut rows = t.size()[0];
+            let sum = t.f_sum_dim_intlist(0, true, Kind::Float)?;
+            if let Some(r) = &self.reducer {
+                r.sum_(&sum)?;
+                rows *= r.world_size() as i64;
+            }
+            let batch_center = sum.f_div_scalar(rows)?;
             Ok(self
                 .center
                 .f_mul_scalar(m)?

@@ -86,6 +86,12 @@ fn train(a: TrainArgs) -> Result<()> {
         !cfg.run.data_path.as_os_str().is_empty(),
         "no data_path: give --data_path <ImageFolder> or set it in the config file"
     );
+    if let Some(n) = a
+        .nproc_per_node
+        .filter(|_| std::env::var_os("RANK").is_none())
+    {
+        return launch(&cfg, n);
+    }
     let s = trainer::train(
         &cfg,
         &trainer::RunOptions {
@@ -94,6 +100,9 @@ fn train(a: TrainArgs) -> Result<()> {
             stop_after: a.stop_after,
         },
     )?;
+    if !s.wrote_files {
+        return Ok(());
+    }
     if s.skipped_files > 0 {
         eprintln!("{} unreadable file(s) were skipped", s.skipped_files);
     }
@@ -106,6 +115,34 @@ fn train(a: TrainArgs) -> Result<()> {
             cfg.run.output_dir.display()
         );
     }
+    Ok(())
+}
+
+/// `--nproc_per_node N`: this command again in N rank processes.
+fn launch(cfg: &TrainConfig, nproc: usize) -> Result<()> {
+    let mut args = std::env::args_os().skip(1);
+    let mut kept = Vec::new();
+    while let Some(a) = args.next() {
+        let text = a.to_string_lossy();
+        if text == "--nproc_per_node" {
+            args.next();
+        } else if !text.starts_with("--nproc_per_node=") {
+            kept.push(a);
+        }
+    }
+    let cpu = match cfg.run.device {
+        device::DeviceSpec::Cpu => true,
+        device::DeviceSpec::Auto => !tch::Cuda::is_available(),
+        device::DeviceSpec::Cuda(_) => false,
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    dino_train::launch::Launch {
+        program: std::env::current_exe().context("cannot find this program's path")?,
+        args: kept,
+        nproc,
+        threads_per_rank: cpu.then(|| (cores / nproc.max(1)).max(1)),
+    }
+    .run()?;
     Ok(())
 }
 

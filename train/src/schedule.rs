@@ -144,9 +144,19 @@ impl Schedules {
         teacher: &TeacherConfig,
         niter_per_ep: usize,
     ) -> Result<Self, AlgoError> {
+        Self::for_world(optim, teacher, niter_per_ep, 1)
+    }
+
+    /// The schedules of `world_size` processes, each with `optim.batch_size` images per step.
+    pub fn for_world(
+        optim: &OptimConfig,
+        teacher: &TeacherConfig,
+        niter_per_ep: usize,
+        world_size: usize,
+    ) -> Result<Self, AlgoError> {
         let (o, t, epochs) = (optim, teacher, optim.epochs);
-        // Linear scaling rule (Goyal et al.): the base lr is given for a batch of 256.
-        let base_lr = o.lr * o.batch_size as f64 / 256.0;
+        // Linear scaling rule (Goyal et al.): the base lr is given for a total batch of 256.
+        let base_lr = o.lr * (o.batch_size * world_size.max(1)) as f64 / 256.0;
         Ok(Self {
             niter_per_ep,
             lr: cosine_scheduler(

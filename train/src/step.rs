@@ -3,12 +3,15 @@
 //! goes into checkpoints through [`DinoStep::state`] and comes back with
 //! [`DinoStep::restore`].
 
+use std::rc::Rc;
+
 use tch::{Device, Tensor};
 
 use crate::checkpoint::{Checkpoint, StepState};
 use crate::clip::{cancel_gradients_last_layer, clip_gradients};
 use crate::config::TrainConfig;
 use crate::device::Precision;
+use crate::dist::Dist;
 use crate::ema::{EmaPairs, FlatEma};
 use crate::error::Result;
 use crate::loss::{DinoLoss, TeacherStats};
@@ -31,6 +34,8 @@ pub struct DinoStep {
     scaler: Option<GradScaler>,
     clip_grad: f64,
     freeze_last_layer: usize,
+    /// The other processes of a multi-process run.
+    dist: Option<Rc<Dist>>,
 }
 
 /// What a step returns (without synchronising with the device, unless observed).
@@ -45,14 +50,27 @@ pub struct StepOut {
 impl DinoStep {
     /// Fresh networks (libtorch must be seeded by the caller) for `niter` steps per epoch.
     pub fn new(cfg: &TrainConfig, niter: usize, device: Device) -> Result<Self> {
+        Self::with_dist(cfg, niter, device, None)
+    }
+
+    /// [`DinoStep::new`] for one rank of a multi-process run: the weights are rank 0's, the
+    /// learning rate is scaled by the total batch, gradients and the centre are averaged
+    /// over the ranks.
+    pub fn with_dist(
+        cfg: &TrainConfig,
+        niter: usize,
+        device: Device,
+        dist: Option<Rc<Dist>>,
+    ) -> Result<Self> {
+        let world = dist.as_ref().map_or(1, |d| d.world_size());
         let precision = Precision::resolve(cfg.optim.precision, device)?;
-        let schedules = Schedules::new(&cfg.optim, &cfg.teacher, niter)?;
+        let schedules = Schedules::for_world(&cfg.optim, &cfg.teacher, niter, world)?;
         let student = DinoNet::new(&cfg.vit()?, &cfg.head(), device);
         let teacher = DinoNet::teacher_of(&student, device);
         let params = student.trainable();
         let mut optimizer =
             Optimizer::new(cfg.optim.optimizer, get_params_groups(student.trainable()));
-        let loss = DinoLoss::new(
+        let mut loss = DinoLoss::new(
             &cfg.teacher,
             cfg.model.out_dim,
             2 + cfg.augment.local_crops_number,
@@ -65,6 +83,27 @@ impl DinoStep {
         )?)?;
         // AdamW's segments are contiguous ranges of the student's buffer (SGD, LARS: no-op).
         optimizer.use_flat_buffer(ema.student())?;
+        if let Some(d) = &dist {
+            if cfg.model.use_bn_in_head && d.world_size() > 1 {
+                return Err(crate::error::TrainError::Invalid(
+                    "use_bn_in_head with several processes needs SyncBatchNorm, which dino-train does not have yet".into(),
+                ));
+            }
+            // Every variable, in name order (the same on every rank).
+            let vars: std::collections::BTreeMap<String, Tensor> = (student.vs.variables())
+                .into_iter()
+                .map(|(k, t)| (format!("student.{k}"), t))
+                .chain(
+                    teacher
+                        .vs
+                        .variables()
+                        .into_iter()
+                        .map(|(k, t)| (format!("teacher.{k}"), t)),
+                )
+                .collect();
+            d.broadcast(&vars.values().collect::<Vec<_>>())?;
+            loss.reduce_center_with(d.clone());
+        }
         Ok(Self {
             student,
             teacher,
@@ -77,6 +116,7 @@ impl DinoStep {
             scaler: (precision == Precision::Fp16).then(GradScaler::default),
             clip_grad: cfg.optim.clip_grad,
             freeze_last_layer: cfg.optim.freeze_last_layer,
+            dist,
         })
     }
 
@@ -134,7 +174,7 @@ impl DinoStep {
         });
         let (loss, teacher_stats) = (loss?, teacher_stats?);
         phase("forward");
-        let finite = self.backward(&loss);
+        let finite = self.backward(&loss)?;
         phase("backward");
         // A float16 overflow skips the update, as GradScaler.step does.
         if finite {
@@ -154,19 +194,26 @@ impl DinoStep {
         })
     }
 
-    /// Gradients of `loss` (scaled and unscaled under fp16); whether they are finite.
-    fn backward(&mut self, loss: &Tensor) -> bool {
+    /// Gradients of `loss` (scaled and unscaled under fp16), averaged over the ranks of a
+    /// multi-process run; whether they are finite.
+    fn backward(&mut self, loss: &Tensor) -> Result<bool> {
         self.optimizer.zero_grad();
         match self.scaler.as_mut() {
             None => {
                 loss.backward();
-                true
+                if let Some(d) = &self.dist {
+                    d.average_gradients(&self.params)?;
+                }
+                Ok(true)
             }
             Some(s) => {
                 s.scale(loss).backward();
+                if let Some(d) = &self.dist {
+                    d.average_gradients(&self.params)?;
+                }
                 let finite = s.unscale(&self.params);
                 s.update(finite);
-                finite
+                Ok(finite)
             }
         }
     }

@@ -80,6 +80,31 @@ pub fn option(key: &str) -> Option<&'static OptionInfo> {
     options().find(|o| o.key == key)
 }
 
+/// Other names of options, as `main_dino.py` spells them: `(alias, key)`.
+pub const ALIASES: &[(&str, &str)] = &[("batch_size_per_gpu", "batch_size")];
+
+/// The option key an alias stands for (the key itself otherwise).
+pub fn canonical(key: &str) -> &str {
+    ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == key)
+        .map_or(key, |(_, k)| k)
+}
+
+/// Renames aliased keys of a file's table; an option given under two names is an error.
+fn unalias(table: toml::Table, origin: &str) -> Result<toml::Table, ConfigError> {
+    let mut out = toml::Table::new();
+    for (key, value) in table {
+        let k = canonical(&key).to_string();
+        if out.insert(k.clone(), value).is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "{origin}: `{k}` is given twice (as `{key}` too)"
+            )));
+        }
+    }
+    Ok(out)
+}
+
 impl TrainConfig {
     /// Defaults, overlaid by the TOML file (if any), overlaid by `flags` (`key`, text).
     pub fn resolve(file: Option<&Path>, flags: &[(String, String)]) -> Result<Self, ConfigError> {
@@ -93,9 +118,11 @@ impl TrainConfig {
                 path: path.to_path_buf(),
                 error,
             })?;
+            table = unalias(table, &path.display().to_string())?;
         }
         let file_table = table.clone();
         for (key, text) in flags {
+            let key = &canonical(key).to_string();
             let info = option(key).ok_or_else(|| ConfigError::UnknownKey {
                 origin: "command line".into(),
                 key: key.clone(),

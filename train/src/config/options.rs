@@ -186,6 +186,8 @@ options_section! {
         photometric: PhotometricSpec = PhotometricSpec::Auto,
         /// steps between metric read-backs (a host sync on CUDA) and log lines
         log_freq: usize = 10,
+        /// seconds a collective of a multi-process run waits for the other ranks before failing
+        dist_timeout: u64 = 600,
     }
 }
 

@@ -32,11 +32,13 @@ impl Loader {
         if cfg.batch_size == 0 {
             return Err(DataError::Config("batch_size must be positive".into()));
         }
-        if cfg.drop_last && dataset.len() < cfg.batch_size {
+        let share = cfg.shard.len(dataset.len());
+        if cfg.drop_last && share < cfg.batch_size {
             return Err(DataError::Config(format!(
-                "{}: {} readable images, fewer than one batch of {} (drop_last)",
+                "{}: {} readable images ({share} per process of {}), fewer than one batch of {} (drop_last)",
                 dataset.root().display(),
                 dataset.len(),
+                cfg.shard.world,
                 cfg.batch_size
             )));
         }
@@ -66,9 +68,9 @@ impl Loader {
         self.pool.current_num_threads()
     }
 
-    /// Batches per epoch (`len / batch_size`, rounded up without `drop_last`).
+    /// Batches per epoch of this shard (`len / batch_size`, rounded up without `drop_last`).
     pub fn batches_per_epoch(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.cfg.batch_size);
+        let (n, b) = (self.cfg.shard.len(self.dataset.len()), self.cfg.batch_size);
         if self.cfg.drop_last {
             n / b
         } else {
@@ -81,14 +83,14 @@ impl Loader {
         self.dataset.skipped_count()
     }
 
-    /// The sample order of `epoch`: a permutation drawn from `(seed, epoch)`, or the identity
-    /// without shuffling.
+    /// This shard's sample order of `epoch`: a permutation drawn from `(seed, epoch)` (the
+    /// same on every rank), or the identity without shuffling, dealt by [`Shard::take`].
     pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.dataset.len()).collect();
         if self.cfg.shuffle {
             SampleRng::for_sample(self.cfg.seed, epoch, u64::MAX).shuffle(&mut order);
         }
-        order
+        self.cfg.shard.take(&order)
     }
 
     /// Starts producing the batches of `epoch`; dropping the iterator stops the producer.

@@ -181,6 +181,44 @@ pub struct LoaderConfig {
     pub drop_last: bool,
     /// Whether batches carry finished crops or leave the photometric stage to the consumer.
     pub photometric: Photometric,
+    /// This process's share of every epoch when several train together.
+    pub shard: Shard,
+}
+
+/// A process's share of the data, as torch's `DistributedSampler` deals it: every rank
+/// draws the same epoch permutation, pads it by repeating its start to a multiple of
+/// `world`, and takes every `world`-th sample from position `rank`. Shares are disjoint (up
+/// to the padding) and equal in size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { rank: 0, world: 1 }
+    }
+}
+
+impl Shard {
+    /// Samples of a dataset of `len` that this rank sees per epoch.
+    pub fn len(&self, len: usize) -> usize {
+        len.div_ceil(self.world.max(1))
+    }
+
+    /// This rank's part of the epoch order `order` (all ranks pass the same one).
+    pub fn take(&self, order: &[usize]) -> Vec<usize> {
+        let world = self.world.max(1);
+        if world == 1 {
+            return order.to_vec();
+        }
+        let total = self.len(order.len()) * world;
+        (self.rank..total)
+            .step_by(world)
+            .map(|i| order[i % order.len()])
+            .collect()
+    }
 }
 
 impl Default for LoaderConfig {
@@ -193,6 +231,7 @@ impl Default for LoaderConfig {
             shuffle: true,
             drop_last: true,
             photometric: Photometric::Cpu,
+            shard: Shard::default(),
         }
     }
 }

@@ -16,6 +16,7 @@
 mod feed;
 mod output;
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,8 +25,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::TrainConfig;
-use crate::data::{ImageDataset, Loader, LoaderConfig, Verify};
-use crate::device::select_device;
+use crate::data::{ImageDataset, Loader, LoaderConfig, Shard, Verify};
+use crate::dist::Dist;
 use crate::error::{Result, TrainError};
 use crate::loss::max_entropy;
 use crate::metrics::{self, EpochRow, KnnRow, MetricsLog, Row, StepRow};
@@ -42,6 +43,8 @@ pub struct Summary {
     pub skipped_files: usize,
     /// All `epochs` are done (else stopped by `stop_after`).
     pub finished: bool,
+    /// This process wrote the files (rank 0 of a multi-process run, or the only process).
+    pub wrote_files: bool,
 }
 
 /// How one invocation runs (not part of the training recipe).
@@ -76,8 +79,10 @@ pub struct Trainer {
     step: DinoStep,
     at: Position,
     dir: RunDir,
-    log: MetricsLog,
+    /// Rank 0's (the only one that writes files).
+    log: Option<MetricsLog>,
     summary: Summary,
+    dist: Option<Rc<Dist>>,
 }
 
 /// Sums of one epoch, read back once at its end.
@@ -93,12 +98,17 @@ impl Trainer {
     /// Prepares the output folder, the data, fresh networks and, with `resume`, the state of
     /// the last checkpoint.
     pub fn new(cfg: &TrainConfig, opts: &RunOptions) -> Result<Self> {
+        let (dist, device) = Dist::from_env(cfg)?;
+        let main = dist.as_ref().is_none_or(|d| d.is_main());
         let dir = RunDir::prepare(&cfg.run.output_dir, opts.resume)?;
-        let device = select_device(cfg.run.device)?;
         let dataset = Arc::new(ImageDataset::open(&cfg.run.data_path, Verify::Full)?);
-        for s in dataset.skipped() {
+        for s in dataset.skipped().iter().filter(|_| main) {
             eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
         }
+        let shard = dist.as_ref().map_or(Shard::default(), |d| Shard {
+            rank: d.rank(),
+            world: d.world_size(),
+        });
         let feed = Feed::new(cfg, device);
         let loader = Loader::new(
             dataset,
@@ -111,10 +121,12 @@ impl Trainer {
                 shuffle: true,
                 drop_last: true,
                 photometric: feed.photometric(),
+                shard,
             },
         )?;
         tch::manual_seed(checkpoint::seed_for_epoch(cfg.run.seed, usize::MAX));
-        let mut step = DinoStep::new(cfg, loader.batches_per_epoch(), device)?;
+        let niter = loader.batches_per_epoch();
+        let mut step = DinoStep::with_dist(cfg, niter, device, dist.clone())?;
         let mut at = Position::default();
         if opts.resume && dir.checkpoint().exists() {
             let ck = Checkpoint::read(&dir.checkpoint())?;
@@ -124,25 +136,35 @@ impl Trainer {
                 epoch: ck.epoch,
                 step: ck.step,
             };
-            eprintln!(
-                "resuming {} at epoch {}, step {}",
-                dir.checkpoint().display(),
-                at.epoch,
-                at.step
-            );
+            if main {
+                eprintln!(
+                    "resuming {} at epoch {}, step {}",
+                    dir.checkpoint().display(),
+                    at.epoch,
+                    at.step
+                );
+            }
         }
-        dir.write_config(cfg)?;
-        let log = MetricsLog::append(dir.path())?;
+        let log = if main {
+            dir.write_config(cfg)?;
+            Some(MetricsLog::append(dir.path())?)
+        } else {
+            None
+        };
+        let mut opts = opts.clone();
+        // One progress display: rank 0's.
+        opts.quiet |= !main;
         let summary = Summary {
             epochs_run: 0,
             epoch_losses: Vec::new(),
             teacher_path: dir.teacher(),
             skipped_files: 0,
             finished: false,
+            wrote_files: main,
         };
         Ok(Self {
             cfg: cfg.clone(),
-            opts: opts.clone(),
+            opts,
             device,
             loader,
             feed,
@@ -151,7 +173,20 @@ impl Trainer {
             dir,
             log,
             summary,
+            dist,
         })
+    }
+
+    /// Whether this process writes the files (rank 0, or the only process).
+    fn is_main(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.is_main())
+    }
+
+    fn write(&mut self, row: Row) -> Result<()> {
+        match &mut self.log {
+            Some(log) => log.write(&row),
+            None => Ok(()),
+        }
     }
 
     /// Runs the remaining epochs (or `stop_after` of them).
@@ -240,7 +275,7 @@ impl Trainer {
             "loss {:.4} lr {:.2e} wd {:.3} m {:.4} {:.0} img/s",
             row.loss, row.lr, row.wd, row.momentum, row.images_per_s
         ));
-        self.log.write(&Row::Step(row))
+        self.write(Row::Step(row))
     }
 
     /// The epoch's mean loss and speed, the checkpoint(s), then the k-NN evaluation when due.
@@ -264,7 +299,7 @@ impl Trainer {
                 row.images_per_s
             );
         }
-        self.log.write(&Row::Epoch(row))?;
+        self.write(Row::Epoch(row))?;
         self.summary.epoch_losses.push(mean_loss);
         self.summary.epochs_run += 1;
         self.at.epoch = epoch + 1;
@@ -278,6 +313,9 @@ impl Trainer {
     /// `checkpoint.safetensors` every epoch, `checkpoint<NNNN>.safetensors` every
     /// `saveckp_freq` epochs; both written atomically.
     fn save_checkpoints(&self) -> Result<()> {
+        if !self.is_main() {
+            return Ok(());
+        }
         let state = self.step.state();
         checkpoint::save(&self.dir.checkpoint(), &self.cfg, &state, self.at)?;
         let freq = self.cfg.run.saveckp_freq;
@@ -290,7 +328,9 @@ impl Trainer {
 
     fn knn_due(&self, epoch: usize) -> bool {
         let freq = self.cfg.knn.knn_freq;
-        freq > 0 && ((epoch + 1).is_multiple_of(freq) || epoch + 1 == self.cfg.optim.epochs)
+        self.is_main()
+            && freq > 0
+            && ((epoch + 1).is_multiple_of(freq) || epoch + 1 == self.cfg.optim.epochs)
     }
 
     fn evaluate_knn(&mut self, epoch: usize) -> Result<()> {
@@ -304,7 +344,7 @@ impl Trainer {
                 r.top5
             );
         }
-        self.log.write(&Row::Knn(KnnRow {
+        self.write(Row::Knn(KnnRow {
             epoch,
             step: self.at.step,
             top1: r.top1,
@@ -315,13 +355,14 @@ impl Trainer {
 
     /// After the last epoch: the teacher backbone (dino-export's input) and the charts.
     fn finish(mut self, finished: bool) -> Result<Summary> {
-        if finished {
+        let main = self.is_main();
+        if finished && main {
             save_teacher_backbone(&self.dir.teacher(), self.step.teacher(), &self.cfg)?;
         }
         self.summary.finished = finished;
         self.summary.skipped_files = self.loader.skipped_count();
         drop(self.log);
-        if finished {
+        if finished && main {
             self.dir.plot_curves(self.opts.quiet);
         }
         Ok(self.summary)
@@ -331,6 +372,9 @@ impl Trainer {
     fn finite(&self, what: &'static str, value: f64, epoch: usize) -> Result<f64> {
         if value.is_finite() {
             return Ok(value);
+        }
+        if let Some(d) = &self.dist {
+            d.report_failure(&format!("{what} is {value} at epoch {epoch}"));
         }
         Err(TrainError::NonFinite {
             what,

@@ -1,0 +1,244 @@
+//! Data parallelism changes nothing but the speed: 20 steps on fixed crops with 2 ranks of
+//! batch B (two processes, Gloo on 127.0.0.1) end with the same student, teacher and centre
+//! as 1 process with batch 2B on the same samples. The ranks average their gradients before
+//! clipping and all-reduce the batch centre, so only the order of float sums differs:
+//! max-abs <= 1e-5 after 20 steps (lr warmup, cosine decay, teacher-temperature warmup and
+//! the frozen last layer all crossed, as in the step-fidelity test).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use dino_core::st::{RawTensor, StFile};
+use dino_core::testing::assert_close;
+use dino_dist::{Backend, DistEnv, ProcessGroup};
+use dino_train::config::{
+    Arch, AugmentConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig, TrainConfig,
+};
+use dino_train::device::{DeviceSpec, PrecisionSpec};
+use dino_train::dist::Dist;
+use dino_train::step::DinoStep;
+use tch::{Device, Kind, Tensor};
+
+const STEPS: usize = 20;
+const NITER: usize = 5;
+const WORLD: usize = 2;
+/// Images per step of the single process; each rank gets half.
+const BATCH: usize = 4;
+const N_LOCAL: usize = 2;
+const ATOL: f32 = 1e-5;
+/// Set in the rank processes: the folder they write their final state to.
+const CHILD: &str = "DINO_DIST_STEP_OUT";
+const TEST: &str = "two_ranks_of_batch_b_equal_one_process_of_batch_2b";
+
+fn config(batch: usize) -> TrainConfig {
+    TrainConfig {
+        model: ModelConfig {
+            arch: Arch::Custom,
+            patch_size: 4,
+            embed_dim: Some(24),
+            depth: Some(2),
+            num_heads: Some(2),
+            out_dim: 64,
+            head_hidden_dim: 48,
+            head_bottleneck_dim: 16,
+            drop_path_rate: 0.0,
+            ..ModelConfig::default()
+        },
+        teacher: TeacherConfig {
+            momentum_teacher: 0.9,
+            teacher_temp: 0.07,
+            warmup_teacher_temp_epochs: 2,
+            ..TeacherConfig::default()
+        },
+        optim: OptimConfig {
+            precision: PrecisionSpec::Fp32,
+            lr: 0.128,
+            warmup_epochs: 1,
+            clip_grad: 0.3,
+            batch_size: batch,
+            epochs: 4,
+            ..OptimConfig::default()
+        },
+        augment: AugmentConfig {
+            local_crops_number: N_LOCAL,
+            global_crop_size: 16,
+            local_crop_size: 8,
+            ..AugmentConfig::default()
+        },
+        run: RunConfig {
+            device: DeviceSpec::Cpu,
+            ..RunConfig::default()
+        },
+        ..TrainConfig::default()
+    }
+}
+
+/// Fixed crops of every step for the whole batch: `(global [2B, ...], local [n*B, ...])`.
+fn crops() -> Vec<(Tensor, Tensor)> {
+    tch::manual_seed(7);
+    let b = BATCH as i64;
+    let opts = (Kind::Float, Device::Cpu);
+    (0..STEPS)
+        .map(|_| {
+            (
+                Tensor::randn([2 * b, 3, 16, 16], opts),
+                Tensor::randn([N_LOCAL as i64 * b, 3, 8, 8], opts),
+            )
+        })
+        .collect()
+}
+
+/// Rank `rank`'s images of view-major crops `[views * B, ...]`: its half of each view.
+fn shard(t: &Tensor, views: i64, rank: usize) -> Tensor {
+    let per = (BATCH / WORLD) as i64;
+    let parts: Vec<Tensor> = (0..views)
+        .map(|v| t.narrow(0, v * BATCH as i64 + rank as i64 * per, per))
+        .collect();
+    Tensor::cat(&parts, 0)
+}
+
+/// 20 steps from libtorch seed 0; the final student, teacher and centre.
+fn train(dist: Option<Rc<Dist>>, rank: usize) -> HashMap<String, Vec<f32>> {
+    let batch = if dist.is_some() { BATCH / WORLD } else { BATCH };
+    tch::manual_seed(0);
+    let mut step =
+        DinoStep::with_dist(&config(batch), NITER, Device::Cpu, dist.clone()).expect("step");
+    for (it, (g, l)) in crops().iter().enumerate() {
+        let (g, l) = match dist {
+            Some(_) => (shard(g, 2, rank), shard(l, N_LOCAL as i64, rank)),
+            None => (g.shallow_clone(), l.shallow_clone()),
+        };
+        step.step(&g, Some(&l), it).expect("step");
+    }
+    let mut out: HashMap<String, Vec<f32>> = HashMap::new();
+    let nets = [("student", step.student()), ("teacher", step.teacher())];
+    for (prefix, net) in nets {
+        for (k, t) in net.vs.variables() {
+            out.insert(format!("{prefix}.{k}"), values(&t));
+        }
+    }
+    out.insert("center".into(), values(step.loss().center()));
+    out
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).flatten(0, -1)).expect("f32")
+}
+
+/// A rank process: joins the group from torchrun's variables and writes its final state.
+fn child(out: &Path) {
+    let env = DistEnv::from_env().expect("env").expect("launched");
+    let group =
+        ProcessGroup::new(&env.config(Backend::Gloo, Duration::from_secs(60))).expect("group");
+    let rank = env.rank;
+    let state = train(Some(Rc::new(Dist::new(group))), rank);
+    let tensors = state
+        .iter()
+        .map(|(k, v)| (k.clone(), RawTensor::from_f32(vec![v.len()], v)))
+        .collect();
+    let path = out.join(format!("rank{rank}.safetensors"));
+    dino_core::st::write_atomic(&path, &tensors, HashMap::new()).expect("write state");
+}
+
+fn spawn_rank(rank: usize, port: u16, out: &Path) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, out)
+        .env("RANK", rank.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("WORLD_SIZE", WORLD.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("OMP_NUM_THREADS", "1")
+        .spawn()
+        .expect("spawn rank")
+}
+
+fn wait_all(mut children: Vec<Child>, limit: Duration) {
+    let start = Instant::now();
+    while !children.is_empty() {
+        if start.elapsed() > limit {
+            for c in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!("ranks still running after {limit:?}");
+        }
+        let mut i = 0;
+        while i < children.len() {
+            match children[i].try_wait().expect("wait") {
+                Some(status) => {
+                    assert!(status.success(), "a rank failed: {status}");
+                    let _ = children.swap_remove(i).wait();
+                }
+                None => i += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn two_ranks_of_batch_b_equal_one_process_of_batch_2b() {
+    if let Some(out) = std::env::var_os(CHILD) {
+        return child(Path::new(&out));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let ranks = (0..WORLD)
+        .map(|r| spawn_rank(r, port, dir.path()))
+        .collect();
+    let single = train(None, 0);
+    wait_all(ranks, Duration::from_secs(300));
+
+    let read = |r: usize| StFile::read(&dir.path().join(format!("rank{r}.safetensors"))).unwrap();
+    let (r0, r1) = (read(0), read(1));
+    let f32s = |f: &StFile, name: &str| -> Vec<f32> {
+        let t = f
+            .tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        t.to_f32(&f.path, name).expect("f32")
+    };
+    let mut worst = (0f32, String::new());
+    for (name, expected) in &single {
+        let got = f32s(&r0, name);
+        // Both ranks hold the same weights, bit for bit.
+        assert_eq!(got, f32s(&r1, name), "{name}: ranks differ");
+        let diff = got
+            .iter()
+            .zip(expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        if diff >= worst.0 {
+            worst = (diff, name.clone());
+        }
+        assert_close(&got, expected, ATOL, 0.0);
+    }
+    assert_eq!(r0.tensors.len(), single.len(), "the same variables");
+    eprintln!(
+        "2 ranks x {} vs 1 x {BATCH}: max abs diff {:e} ({})",
+        BATCH / WORLD,
+        worst.0,
+        worst.1
+    );
+    // The weights moved far more than the tolerance: the comparison is not trivial.
+    let init = {
+        tch::manual_seed(0);
+        let s = DinoStep::new(&config(BATCH), NITER, Device::Cpu).expect("step");
+        values(&s.student().vs.variables()["backbone.pos_embed"])
+    };
+    let now = &single["student.backbone.pos_embed"];
+    let moved = now
+        .iter()
+        .zip(&init)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 100.0 * ATOL, "pos_embed barely moved ({moved})");
+}
