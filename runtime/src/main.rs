@@ -68,6 +68,20 @@ struct ModelArgs {
     batch_size: usize,
 }
 
+/// What `classify` and `search` take: a model, its gallery, images.
+#[derive(Args)]
+struct GalleryArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, value_name = "GALLERY.dgal")]
+    gallery: PathBuf,
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// JSON output: [{"image", "top" | "neighbours" | "error"}].
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Print the embedding of each image (L2-normalised unless --raw).
@@ -95,11 +109,7 @@ enum Command {
     /// Classify images by the weighted k-NN vote against a gallery (as `dino-train knn`).
     Classify {
         #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long, value_name = "GALLERY.dgal")]
-        gallery: PathBuf,
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
+        query: GalleryArgs,
         /// Neighbours voting.
         #[arg(long, default_value_t = 20)]
         k: usize,
@@ -109,23 +119,14 @@ enum Command {
         /// Classes printed per image.
         #[arg(long, default_value_t = 5)]
         topk: usize,
-        #[arg(long)]
-        json: bool,
     },
     /// The gallery images nearest to each image (cosine similarity of the embeddings).
     Search {
         #[command(flatten)]
-        model: ModelArgs,
-        #[arg(long, value_name = "GALLERY.dgal")]
-        gallery: PathBuf,
-        #[arg(required = true)]
-        images: Vec<PathBuf>,
+        query: GalleryArgs,
         /// Neighbours printed per image.
         #[arg(long, default_value_t = 5)]
         topk: usize,
-        /// JSON output: [{"image", "neighbours": [{"class", "index", "path", "row", "similarity"}]}].
-        #[arg(long)]
-        json: bool,
     },
     /// Serve embeddings, classification, search and attention maps over HTTP with dynamic
     /// batching (SIGTERM drains and exits, SIGHUP reloads the model and gallery).
@@ -208,35 +209,27 @@ fn embed_all(
     Ok(results)
 }
 
-/// A command answering each image from a gallery (`classify`, `search`).
-struct GalleryQuery<'a> {
-    cli: &'a Cli,
-    model: &'a ModelArgs,
-    gallery: &'a Path,
-    images: &'a [PathBuf],
-    json: bool,
-}
-
-impl GalleryQuery<'_> {
+impl GalleryArgs {
     /// Embeds the images, answers `key` for each with `answer`, prints JSON or per image a
     /// line of `(name, value, decimals)` columns.
     fn answer<T: serde::Serialize>(
         &self,
+        cli: &Cli,
         key: &str,
         (name, value, decimals): (&str, &str, usize),
         answer: impl Fn(&Gallery, &[f32]) -> Result<T, RuntimeError>,
     ) -> Result<bool> {
-        let mut m = open_model(self.cli, &self.model.model)?;
-        let g = Gallery::read(self.gallery)?;
-        g.check_fingerprint(self.gallery, &m.info.fingerprint)?;
+        let mut m = open_model(cli, &self.model.model)?;
+        let g = Gallery::read(&self.gallery)?;
+        g.check_fingerprint(&self.gallery, &m.info.fingerprint)?;
         let results = embed_all(
             &mut m,
-            self.images,
+            &self.images,
             self.model.batch_size,
             true,
             "embedding",
         )?;
-        let items = answer_each(self.images, &results, key, |e| answer(&g, e))
+        let items = answer_each(&self.images, &results, key, |e| answer(&g, e))
             .with_context(|| self.gallery.display().to_string())?;
         print_items(&items, self.json, key, |c| {
             format!(
@@ -390,45 +383,22 @@ fn run(cli: &Cli) -> Result<bool> {
         } => cmd_embed(cli, model, images, *json, *raw),
         Command::Index { model, images, out } => cmd_index(cli, model, images, out),
         Command::Classify {
-            model,
-            gallery,
-            images,
+            query,
             k,
             temperature,
             topk,
-            json,
         } => {
             let p = KnnParams {
                 k: *k,
                 temperature: *temperature,
             };
             p.check().map_err(|why| anyhow::anyhow!("--{why}"))?;
-            let q = GalleryQuery {
-                cli,
-                model,
-                gallery,
-                images,
-                json: *json,
-            };
-            q.answer("top", ("class", "share", 3), |g, e| {
+            query.answer(cli, "top", ("class", "share", 3), |g, e| {
                 ClassSource::Knn(g, p).top(e, *topk)
             })
         }
-        Command::Search {
-            model,
-            gallery,
-            images,
-            topk,
-            json,
-        } => {
-            let q = GalleryQuery {
-                cli,
-                model,
-                gallery,
-                images,
-                json: *json,
-            };
-            q.answer("neighbours", ("path", "similarity", 4), |g, e| {
+        Command::Search { query, topk } => {
+            query.answer(cli, "neighbours", ("path", "similarity", 4), |g, e| {
                 nearest_images(g, e, *topk)
             })
         }
