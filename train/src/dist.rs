@@ -126,7 +126,7 @@ impl CenterReducer for Dist {
     fn sum_(&self, t: &Tensor) -> Result<(), AlgoError> {
         self.group
             .all_reduce_sum_(t)
-            .map_err(|e| AlgoError::param("center", e.to_string()))
+            .map_err(|e| AlgoError::param("center", format!("distributed training: {e}")))
     }
 
     fn world_size(&self) -> usize {
