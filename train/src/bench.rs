@@ -11,7 +11,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::TrainConfig;
-use crate::device::select_device;
+use crate::dist::Dist;
 use crate::error::{Result, TrainError};
 use crate::step::DinoStep;
 
@@ -23,25 +23,30 @@ fn sync(device: Device) {
 
 /// Steady-state images/s of the training step after `warmup` steps. With `breakdown`, as
 /// many steps again synchronise after each part of the step and report the milliseconds of
-/// each (teacher + student forward with the loss, backward, clip + optimizer + EMA).
+/// each (teacher + student forward with the loss, backward, the gradient all-reduce of a
+/// multi-process run, clip + optimizer + EMA). Launched as several ranks (torchrun or
+/// `--nproc_per_node`), every rank steps on its batch and rank 0 reports the total rate;
+/// the others return `None`.
 pub fn bench_step(
     cfg: &TrainConfig,
     warmup: usize,
     steps: usize,
     breakdown: bool,
-) -> Result<serde_json::Value> {
+) -> Result<Option<serde_json::Value>> {
     if steps == 0 {
         return Err(TrainError::Invalid(
             "bench needs at least one timed step".into(),
         ));
     }
-    let device = select_device(cfg.run.device)?;
+    let (dist, device) = Dist::from_env(cfg)?;
+    let world = dist.as_ref().map_or(1, |d| d.world_size());
+    let main = dist.as_ref().is_none_or(|d| d.is_main());
     // No loader runs here: the step gets every core, as in training without data workers.
     // libtorch's intra-op pool: one thread per core unless OMP_NUM_THREADS says otherwise.
     let threads = tch::get_num_threads();
     tch::manual_seed(cfg.run.seed as i64);
     let total = warmup + steps;
-    let mut run = DinoStep::new(cfg, total, device)?;
+    let mut run = DinoStep::with_dist(cfg, total, device, dist)?;
     let (a, batch) = (&cfg.augment, cfg.optim.batch_size);
     let b = batch as i64;
     let (g, l) = (a.global_crop_size as i64, a.local_crop_size as i64);
@@ -75,16 +80,20 @@ pub fn bench_step(
             run.step_with_phases(&global, local.as_ref(), it % total, &mut record)?;
         }
     }
-    Ok(json!({
+    if !main {
+        return Ok(None);
+    }
+    Ok(Some(json!({
         "what": "train_step",
         "device": format!("{device:?}"),
         "precision": format!("{:?}", run.precision()),
         "batch_size": batch,
+        "world_size": world,
         "threads": threads,
         "steps": steps,
-        "images_per_s": (steps * batch) as f64 / secs,
+        "images_per_s": (steps * batch * world) as f64 / secs,
         "step_ms": secs * 1e3 / steps as f64,
         "final_loss": loss,
         "breakdown": parts,
-    }))
+    })))
 }

@@ -69,10 +69,16 @@ fn plot(a: PlotArgs) -> Result<()> {
 
 fn bench(a: BenchArgs) -> Result<()> {
     let cfg = TrainConfig::resolve(a.train.config.as_deref(), &a.train.overrides)?;
-    println!(
-        "{}",
-        bench::bench_step(&cfg, a.warmup, a.steps, a.breakdown)?
-    );
+    if let Some(n) = a
+        .train
+        .nproc_per_node
+        .filter(|_| std::env::var_os("RANK").is_none())
+    {
+        return launch(&cfg, n);
+    }
+    if let Some(report) = bench::bench_step(&cfg, a.warmup, a.steps, a.breakdown)? {
+        println!("{report}");
+    }
     Ok(())
 }
 

@@ -138,8 +138,8 @@ impl DinoStep {
     }
 
     /// [`DinoStep::step`], calling `phase` after each of its parts (`"forward"`,
-    /// `"backward"`, `"update"`): `dino-train bench --breakdown` synchronises there to see
-    /// where the time of a step goes.
+    /// `"backward"`, `"allreduce"` with several ranks, `"update"`): `dino-train bench --breakdown`
+    /// synchronises there to see where the time of a step goes.
     pub fn step_with_phases(
         &mut self,
         global: &Tensor,
@@ -174,8 +174,7 @@ impl DinoStep {
         });
         let (loss, teacher_stats) = (loss?, teacher_stats?);
         phase("forward");
-        let finite = self.backward(&loss)?;
-        phase("backward");
+        let finite = self.backward(&loss, phase)?;
         // A float16 overflow skips the update, as GradScaler.step does.
         if finite {
             if self.clip_grad > 0.0 {
@@ -196,26 +195,26 @@ impl DinoStep {
 
     /// Gradients of `loss` (scaled and unscaled under fp16), averaged over the ranks of a
     /// multi-process run; whether they are finite.
-    fn backward(&mut self, loss: &Tensor) -> Result<bool> {
+    /// (`phase`: `"backward"`, then `"allreduce"` when there are other ranks.)
+    fn backward(&mut self, loss: &Tensor, phase: &mut dyn FnMut(&'static str)) -> Result<bool> {
         self.optimizer.zero_grad();
-        match self.scaler.as_mut() {
-            None => {
-                loss.backward();
-                if let Some(d) = &self.dist {
-                    d.average_gradients(&self.params)?;
-                }
-                Ok(true)
-            }
+        match &self.scaler {
+            None => loss.backward(),
+            Some(s) => s.scale(loss).backward(),
+        }
+        phase("backward");
+        if let Some(d) = &self.dist {
+            d.average_gradients(&self.params)?;
+            phase("allreduce");
+        }
+        Ok(match self.scaler.as_mut() {
+            None => true,
             Some(s) => {
-                s.scale(loss).backward();
-                if let Some(d) = &self.dist {
-                    d.average_gradients(&self.params)?;
-                }
                 let finite = s.unscale(&self.params);
                 s.update(finite);
-                Ok(finite)
+                finite
             }
-        }
+        })
     }
 
     pub fn student(&self) -> &DinoNet {
