@@ -190,3 +190,60 @@ fn a_killed_rank_stops_the_other_and_the_run_resumes() {
     assert_eq!(epoch_of(&out), saved + 1);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn gathered_knn_of_two_ranks_equals_the_one_process_knn() {
+    let (dir, data, cfg) = setup("dist-knn");
+    let val = cifar_subset(&dir, "test", 3);
+    let out = dir.join("run");
+    let val_arg = val.to_string_lossy().into_owned();
+    let train_arg = data.to_string_lossy().into_owned();
+    let knn = [
+        "--nproc_per_node",
+        "2",
+        "--epochs",
+        "1",
+        "--batch_size_per_gpu",
+        "8",
+        "--knn_freq",
+        "1",
+        "--knn_train",
+        &train_arg,
+        "--knn_val",
+        &val_arg,
+    ];
+    ok(&dino_train(&cfg, &data, &out, &knn));
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let row: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["kind"] == "knn")
+        .expect("a k-NN row");
+    let o = Command::new(bin("dino-train"))
+        .args([
+            "knn",
+            "--quiet",
+            "--json",
+            "--device",
+            "cpu",
+            "--checkpoint",
+        ])
+        .arg(out.join("teacher.safetensors"))
+        .arg("--train")
+        .arg(&data)
+        .arg("--val")
+        .arg(&val)
+        .output()
+        .expect("run dino-train knn");
+    ok(&o);
+    let single: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(
+        row["top1"], single["top1"],
+        "gathered {row} vs one process {single}"
+    );
+    assert_eq!(
+        row["top5"], single["top5"],
+        "gathered {row} vs one process {single}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -116,6 +116,11 @@ impl Dist {
         })
     }
 
+    /// Every rank's `t` (same shape on every rank), in rank order.
+    pub fn all_gather(&self, t: &Tensor) -> Result<Vec<Tensor>> {
+        self.group.all_gather(t).map_err(dist_err)
+    }
+
     /// Tells the other ranks why this one stops, so that their error names it.
     pub fn report_failure(&self, why: &str) {
         let _ = self.group.report_failure(why);

@@ -189,6 +189,7 @@ fn knn(a: KnnArgs) -> Result<()> {
         a.temperature,
         device,
         a.quiet,
+        None,
     )?;
     if a.json {
         println!(

@@ -328,14 +328,19 @@ impl Trainer {
 
     fn knn_due(&self, epoch: usize) -> bool {
         let freq = self.cfg.knn.knn_freq;
-        self.is_main()
-            && freq > 0
-            && ((epoch + 1).is_multiple_of(freq) || epoch + 1 == self.cfg.optim.epochs)
+        freq > 0 && ((epoch + 1).is_multiple_of(freq) || epoch + 1 == self.cfg.optim.epochs)
     }
 
     fn evaluate_knn(&mut self, epoch: usize) -> Result<()> {
         let teacher = self.step.teacher();
-        let r = crate::knn_eval::during_training(&self.cfg, teacher, self.device, self.opts.quiet)?;
+        let dist = self.dist.as_deref();
+        let r = crate::knn_eval::during_training(
+            &self.cfg,
+            teacher,
+            self.device,
+            self.opts.quiet,
+            dist,
+        )?;
         if !self.opts.quiet {
             eprintln!(
                 "k-NN after epoch {}: top-1 {:.2}%, top-5 {:.2}%",
