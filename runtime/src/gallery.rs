@@ -220,7 +220,7 @@ impl Gallery {
             serde_json::from_slice(&hbytes).map_err(|e| bad(format!("header: {e}")))?;
         let arrays = 16u64
             .checked_add(hlen)
-            .and_then(|v| v.checked_add(4 * header.rows as u64))
+            .and_then(|v| v.checked_add((header.rows as u64).checked_mul(4)?))
             .and_then(|v| v.checked_add(4 * (header.rows as u64).checked_mul(header.dim as u64)?));
         // Version 2 adds the paths section, whose length is checked when read.
         let expected = match version {
