@@ -18,6 +18,7 @@ pub mod attention;
 pub mod heatmap;
 pub mod image_io;
 pub mod knn;
+pub mod linear;
 pub mod onnx_meta;
 pub mod preprocess;
 pub mod testing;

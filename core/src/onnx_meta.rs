@@ -13,6 +13,9 @@ pub const OUTPUT_EMBEDDING: &str = "embedding";
 pub const OUTPUT_PATCH_TOKENS: &str = "patch_tokens";
 /// Optional output: the last block's CLS-to-patch self-attention, `float32 [batch, heads, N]`.
 pub const OUTPUT_ATTENTION: &str = "attention";
+/// Optional output: class scores of a linear probe, `float32 [batch, num_classes]`; the
+/// model then carries [`crate::linear::META_LINEAR`] (class names, feature recipe).
+pub const OUTPUT_LOGITS: &str = "logits";
 
 /// JSON [`crate::VitConfig`] as trained (`img_size` = the native size).
 pub const META_VIT: &str = "dino_rs.vit";
