@@ -9,10 +9,12 @@
 pub mod error;
 pub mod foreign;
 pub mod format;
+pub mod pretrained;
 pub mod pth;
 pub mod request;
 
 pub use error::{ImportError, ImportFailed};
 pub use foreign::{ImportOptions, Imported, import, read_foreign};
 pub use format::Format;
+pub use pretrained::{DEFAULT_CHECKPOINT_KEY, Pretrained, read_pretrained};
 pub use request::{ImportReport, ImportRequest};

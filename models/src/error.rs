@@ -7,6 +7,8 @@ use thiserror::Error;
 pub enum ModelError {
     #[error(transparent)]
     Core(#[from] CoreError),
+    #[error(transparent)]
+    Import(#[from] dino_import::ImportError),
     #[error("{path}: tensor `{key}`: {source}")]
     Tch {
         path: PathBuf,

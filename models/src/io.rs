@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use dino_core::st::{self, Dtype, RawTensor, StFile};
+use dino_core::st::{self, Dtype, RawTensor};
 use dino_core::weights::{backbone_shapes, check_shapes};
 use dino_core::{EvalTransform, VitConfig};
 use tch::{Device, Kind, Tensor, nn};
@@ -104,21 +104,6 @@ pub fn save_backbone(
     Ok(())
 }
 
-/// The backbone weights held by a dino-rs file: a backbone file, or the teacher of a
-/// training checkpoint.
-pub fn backbone_tensors(file: &StFile) -> Result<BTreeMap<String, RawTensor>, ModelError> {
-    file.check_format()?;
-    match file.meta(st::META_KIND)? {
-        st::KIND_BACKBONE => Ok(file.tensors.clone()),
-        st::KIND_CHECKPOINT => Ok(file.with_prefix(st::PREFIX_TEACHER_BACKBONE)),
-        other => Err(ModelError::WrongKind {
-            path: file.path.clone(),
-            kind: other.to_string(),
-            wanted: "backbone",
-        }),
-    }
-}
-
 /// A backbone loaded from a dino-rs file, ready for inference on `device`.
 pub struct LoadedBackbone {
     pub vs: nn::VarStore,
@@ -127,18 +112,27 @@ pub struct LoadedBackbone {
 }
 
 pub fn load_backbone(path: &Path, device: Device) -> Result<LoadedBackbone, ModelError> {
-    let file = StFile::read(path)?;
-    let tensors = backbone_tensors(&file)?;
-    let mut cfg = file.vit_config()?;
+    load_pretrained(path, None, device)
+}
+
+/// A frozen backbone from any file `--pretrained_weights` accepts (dino-rs backbone or
+/// checkpoint, official `.pth`), `key` choosing `teacher` (default) or `student`.
+pub fn load_pretrained(
+    path: &Path,
+    key: Option<&str>,
+    device: Device,
+) -> Result<LoadedBackbone, ModelError> {
+    let p = dino_import::read_pretrained(path, key)?;
+    let mut cfg = p.vit;
     cfg.drop_path_rate = 0.0;
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = VisionTransformer::new(&vs.root(), &cfg);
-    load_checked(&vs, &tensors, &backbone_shapes(&cfg), path)?;
+    load_checked(&vs, &p.tensors, &backbone_shapes(&cfg), path)?;
     vs.set_device(device);
     vs.freeze();
     Ok(LoadedBackbone {
         vs,
         model,
-        eval: file.eval_transform()?,
+        eval: p.eval,
     })
 }

@@ -1,0 +1,105 @@
+//! `--pretrained_weights FILE --checkpoint_key KEY`, as the official `eval_knn.py`,
+//! `eval_linear.py` and `utils.load_pretrained_weights` take them: one reader for every
+//! file a user may hold, so that all subcommands accept the same ones.
+//!
+//! - a dino-rs backbone file (`teacher.safetensors`): the key must be absent or `teacher`;
+//! - a dino-rs training checkpoint: the `teacher` (default) or `student` backbone;
+//! - an official `.pth` (a backbone state dict, or a training `checkpoint.pth` whose
+//!   `teacher`/`student` entry is taken) or a safetensors file with the official keys.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use dino_core::st::{self, RawTensor, StFile};
+use dino_core::weights::{backbone_shapes, check_shapes};
+use dino_core::{EvalTransform, VitConfig};
+
+use crate::error::ImportError;
+use crate::foreign::{ImportOptions, read_foreign};
+use crate::format::{Format, unknown_format};
+
+/// The official default of `--checkpoint_key`.
+pub const DEFAULT_CHECKPOINT_KEY: &str = "teacher";
+
+/// A backbone read from any supported weight file.
+#[derive(Debug)]
+pub struct Pretrained {
+    pub path: PathBuf,
+    pub vit: VitConfig,
+    /// Official key names (`cls_token`, `blocks.0.attn.qkv.weight`, ...).
+    pub tensors: BTreeMap<String, RawTensor>,
+    /// The eval transform a dino-rs file records; official files have none.
+    pub eval: Option<EvalTransform>,
+    /// Where in the file the weights were (`teacher`, `student`), if not the whole file.
+    pub entry: Option<String>,
+}
+
+/// Reads the backbone of `path`; `key` picks the network of a training checkpoint
+/// (`teacher` when absent, as the official scripts default).
+pub fn read_pretrained(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportError> {
+    match Format::detect(path)? {
+        Format::Safetensors if is_dino_rs(path)? => read_dino_rs(path, key),
+        Format::Safetensors | Format::Pth | Format::LegacyPth => {
+            let opts = ImportOptions {
+                key: key.map(str::to_string),
+                ..ImportOptions::default()
+            };
+            let f = read_foreign(path, &opts)?;
+            Ok(Pretrained {
+                path: f.path,
+                vit: f.vit,
+                tensors: f.tensors,
+                eval: None,
+                entry: f.entry,
+            })
+        }
+        Format::Unknown => Err(unknown_format(path)),
+    }
+}
+
+/// A safetensors file written by dino-rs carries `dino_rs.format` in its header.
+fn is_dino_rs(path: &Path) -> Result<bool, ImportError> {
+    let f = StFile::read(path)?;
+    Ok(f.metadata.contains_key(st::META_FORMAT))
+}
+
+fn read_dino_rs(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportError> {
+    let f = StFile::read(path)?;
+    f.check_format()?;
+    let kind = f.meta(st::META_KIND)?;
+    let bad_key = |k: &str, have: &str| ImportError::NoEntry {
+        path: path.to_path_buf(),
+        key: k.to_string(),
+        found: vec![have.to_string()],
+    };
+    let (entry, tensors) = match (kind, key) {
+        (st::KIND_BACKBONE, None | Some(DEFAULT_CHECKPOINT_KEY)) => (None, f.tensors.clone()),
+        (st::KIND_BACKBONE, Some(k)) => return Err(bad_key(k, "a teacher backbone only")),
+        (st::KIND_CHECKPOINT, None | Some("teacher")) => {
+            (Some("teacher"), f.with_prefix(st::PREFIX_TEACHER_BACKBONE))
+        }
+        (st::KIND_CHECKPOINT, Some("student")) => {
+            (Some("student"), f.with_prefix(st::PREFIX_STUDENT_BACKBONE))
+        }
+        (st::KIND_CHECKPOINT, Some(k)) => return Err(bad_key(k, "teacher, student")),
+        (other, _) => {
+            return Err(ImportError::Weights {
+                path: path.to_path_buf(),
+                why: format!("a `{other}` file holds no backbone"),
+            });
+        }
+    };
+    let vit = f.vit_config()?;
+    let found = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.shape.clone()))
+        .collect();
+    check_shapes(path, &backbone_shapes(&vit), &found)?;
+    Ok(Pretrained {
+        path: path.to_path_buf(),
+        vit,
+        tensors,
+        eval: f.eval_transform()?,
+        entry: entry.map(str::to_string),
+    })
+}
