@@ -265,7 +265,8 @@ pub fn write_atomic(
     write_bytes_atomic(path, &bytes)
 }
 
-/// Atomic replacement of `path` by `bytes` (temp file, fsync, rename).
+/// Atomic replacement of `path` by `bytes` (temp file, fsync, rename, fsync of the folder
+/// so that the rename itself survives a power cut).
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -283,13 +284,28 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        sync_dir(&dir)
     })();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(CoreError::io(path, e));
     }
     Ok(())
+}
+
+/// Makes a rename in `dir` durable. Folders cannot be opened for syncing on every
+/// platform; there the rename is as durable as the OS makes it.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

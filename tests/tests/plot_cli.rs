@@ -107,3 +107,28 @@ fn a_missing_or_empty_log_is_an_error() {
     assert!(!o.status.success());
     std::fs::remove_dir_all(run).ok();
 }
+
+#[test]
+fn values_near_the_float_limit_are_dropped_and_plotting_ends() {
+    let run = scratch("plot-huge");
+    let mut text = log_text(30);
+    for (i, v) in [(31, "1e308"), (32, "-1.7e308"), (33, "2.5e-308")].iter() {
+        text.push_str(&format!(
+            "{{\"kind\":\"step\",\"epoch\":3,\"step\":{i},\"loss\":{v},\"lr\":{v},\"wd\":0.4,\"momentum\":1.0,\"teacher_temp\":0.07}}\n"
+        ));
+    }
+    std::fs::write(run.join("metrics.jsonl"), text).unwrap();
+    // Before the fix the tick search never ended; `timeout` turns a hang into a failure.
+    let o = Command::new("timeout")
+        .arg("120")
+        .arg(bin("dino-train"))
+        .args(["plot", "--run"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    assert!(err.contains("out-of-range"), "{err}");
+    check_charts(&run);
+    std::fs::remove_dir_all(run).ok();
+}

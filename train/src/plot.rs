@@ -79,7 +79,7 @@ fn read_series(log: &Path, report: &mut PlotReport) -> Result<Series, PlotError>
         x,
         row.get(field).and_then(Value::as_f64),
     ) {
-        (Some(x), Some(y)) if x.is_finite() && y.is_finite() => series.push((x, y)),
+        (Some(x), Some(y)) if plottable(x) && plottable(y) => series.push((x, y)),
         _ => report.dropped_values += 1,
     };
     let mut bad = 0;
@@ -114,7 +114,7 @@ fn read_series(log: &Path, report: &mut PlotReport) -> Result<Series, PlotError>
     }
     if report.dropped_values > 0 {
         report.warnings.push(format!(
-            "{}: dropped {} missing, null or non-finite value(s) (NaN is written as null)",
+            "{}: dropped {} missing, null, non-finite or out-of-range (|v| > {PLOT_LIMIT:e}) value(s) (NaN is written as null)",
             log.display(),
             report.dropped_values
         ));
@@ -169,6 +169,15 @@ fn font() -> &'static str {
         .get_or_init(|| plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_ok());
     debug_assert!(ok, "the vendored font parses");
     FONT_NAME
+}
+
+/// Largest magnitude drawn. Axis spans and tick steps are computed by subtraction, which
+/// overflows to infinity near `f64::MAX` and leaves the tick search without an end; no
+/// training metric comes anywhere near this.
+const PLOT_LIMIT: f64 = 1e100;
+
+fn plottable(v: f64) -> bool {
+    v.is_finite() && v.abs() <= PLOT_LIMIT
 }
 
 /// `(lo, hi)` with a margin, never empty.
@@ -269,5 +278,13 @@ mod tests {
         assert_eq!(format_value(0.25), "0.25");
         assert_eq!(format_value(5e-4), "5.00e-4");
         assert_eq!(format_value(1234.0), "1234");
+    }
+
+    #[test]
+    fn values_near_the_float_limit_are_dropped_not_drawn() {
+        assert!(plottable(-1e100) && plottable(3.0));
+        assert!(!plottable(1e308) && !plottable(-1e101) && !plottable(f64::NAN));
+        let (lo, hi) = padded([-1e100, 1e100].into_iter());
+        assert!(lo.is_finite() && hi.is_finite() && (hi - lo).is_finite());
     }
 }
