@@ -7,9 +7,10 @@ pub mod opcodes;
 pub mod pickle;
 pub mod value;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use dino_core::st::RawTensor;
 use safetensors::tensor::Dtype;
@@ -77,23 +78,15 @@ impl PthFile {
             self.storages.insert(t.storage.key.clone(), bytes);
         }
         let storage = &self.storages[&t.storage.key];
-        let numel: usize = t.shape.iter().product();
-        // Largest element index touched, to bound-check once.
-        let last = t.offset
-            + t.shape
-                .iter()
-                .zip(&t.stride)
-                .map(|(n, s)| n.saturating_sub(1) * s)
-                .sum::<usize>();
-        if numel > 0 && (last + 1) * size > storage.len() {
-            return Err(err(format!(
-                "view (offset {}, shape {:?}, stride {:?}) exceeds its storage of {} bytes",
+        let numel = view_extent(t, size, storage.len()).ok_or_else(|| {
+            err(format!(
+                "view (offset {}, shape {:?}, stride {:?}) does not fit its storage of {} bytes",
                 t.offset,
                 t.shape,
                 t.stride,
                 storage.len()
-            )));
-        }
+            ))
+        })?;
         let mut data = Vec::with_capacity(numel * size);
         if is_contiguous(&t.shape, &t.stride) {
             data.extend_from_slice(&storage[t.offset * size..(t.offset + numel) * size]);
@@ -119,11 +112,55 @@ impl PthFile {
     }
 }
 
+/// The element count of view `t` over a storage of `bytes` bytes of `size`-byte elements,
+/// or `None` when the view reaches past the storage, its arithmetic overflows, or it has
+/// more elements than the storage (stride-0 views, which no checkpoint holds, would
+/// otherwise turn a few bytes into terabytes).
+fn view_extent(t: &TensorRef, size: usize, bytes: usize) -> Option<usize> {
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))?;
+    if numel == 0 {
+        return Some(0);
+    }
+    // Largest element index touched.
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |acc, (&n, &s)| {
+            acc.checked_add((n - 1).checked_mul(s)?)
+        })?;
+    let end = last.checked_add(1)?.checked_mul(size)?;
+    let fits = end <= bytes && numel.checked_mul(size)? <= bytes;
+    fits.then_some(numel)
+}
+
+/// Most an archive entry may inflate per compressed byte (deflate's limit is about 1032;
+/// `torch.save` stores entries uncompressed anyway).
+const MAX_INFLATION: u64 = 1100;
+
 /// The bytes of one archive entry; the error says why, the caller says which entry.
+/// The size the archive declares is checked against what its compressed bytes can hold
+/// before any memory is reserved, and reading stops at it.
 fn read_entry(archive: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec<u8>, String> {
-    let mut f = archive.by_name(name).map_err(|e| e.to_string())?;
-    let mut v = Vec::with_capacity(f.size() as usize);
-    f.read_to_end(&mut v).map_err(|e| e.to_string())?;
+    let f = archive.by_name(name).map_err(|e| e.to_string())?;
+    let (size, packed) = (f.size(), f.compressed_size());
+    let limit = packed.saturating_mul(MAX_INFLATION).max(packed);
+    if size > limit {
+        return Err(format!(
+            "declares {size} bytes, more than its {packed} stored bytes can hold"
+        ));
+    }
+    let len = usize::try_from(size).map_err(|_| format!("declares {size} bytes"))?;
+    let mut v = Vec::with_capacity(len);
+    f.take(size.saturating_add(1))
+        .read_to_end(&mut v)
+        .map_err(|e| e.to_string())?;
+    if v.len() != len {
+        return Err(format!("holds {} bytes, declares {size}", v.len()));
+    }
     Ok(v)
 }
 
@@ -154,19 +191,29 @@ fn storage_dtype(kind: &str) -> Option<(Dtype, usize)> {
     })
 }
 
-/// Every tensor reachable through (nested) dicts from `v`, keyed by dotted path.
+/// Every tensor reachable through (nested) dicts from `v`, keyed by dotted path. A dict
+/// reached twice (pickle's memo lets one object appear in many places) is walked once,
+/// so the walk is linear in the file even for a crafted web of shared dicts.
 pub fn tensors_in(v: &Value) -> BTreeMap<String, TensorRef> {
     let mut out = BTreeMap::new();
-    collect(v, "", &mut out);
+    collect(v, "", &mut out, &mut HashSet::new());
     out
 }
 
-fn collect(v: &Value, prefix: &str, out: &mut BTreeMap<String, TensorRef>) {
+fn collect(
+    v: &Value,
+    prefix: &str,
+    out: &mut BTreeMap<String, TensorRef>,
+    seen: &mut HashSet<*const ()>,
+) {
     match v {
         Value::Tensor(t) => {
             out.insert(prefix.to_string(), (**t).clone());
         }
         Value::Dict(d) => {
+            if !seen.insert(Rc::as_ptr(d) as *const ()) {
+                return;
+            }
             for (k, v) in d.borrow().iter() {
                 if let Some(k) = k.as_str() {
                     let key = if prefix.is_empty() {
@@ -174,7 +221,7 @@ fn collect(v: &Value, prefix: &str, out: &mut BTreeMap<String, TensorRef>) {
                     } else {
                         format!("{prefix}.{k}")
                     };
-                    collect(v, &key, out);
+                    collect(v, &key, out, seen);
                 }
             }
         }
@@ -209,6 +256,34 @@ pub fn dict_keys(v: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(offset: usize, shape: &[usize], stride: &[usize]) -> TensorRef {
+        TensorRef {
+            storage: pickle::StorageRef {
+                key: "0".into(),
+                kind: "FloatStorage".into(),
+            },
+            offset,
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+        }
+    }
+
+    #[test]
+    fn views_must_fit_their_storage_without_overflow() {
+        assert_eq!(view_extent(&view(2, &[2, 3], &[3, 1]), 4, 32), Some(6));
+        assert_eq!(view_extent(&view(3, &[2, 3], &[3, 1]), 4, 32), None);
+        assert_eq!(view_extent(&view(0, &[0, 7], &[7, 1]), 4, 0), Some(0));
+        // Stride 0: a few bytes cannot become terabytes.
+        assert_eq!(view_extent(&view(0, &[1 << 40], &[0]), 4, 4), None);
+        // Index arithmetic that wraps usize.
+        assert_eq!(view_extent(&view(usize::MAX, &[2], &[1]), 4, 64), None);
+        assert_eq!(view_extent(&view(0, &[3], &[usize::MAX / 2]), 4, 64), None);
+        assert_eq!(
+            view_extent(&view(0, &[1 << 33, 1 << 33], &[1, 1]), 1, 64),
+            None
+        );
+    }
 
     #[test]
     fn contiguity_ignores_unit_dims() {

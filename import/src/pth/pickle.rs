@@ -7,21 +7,45 @@
 //! executing or even knowing its classes. Nothing is ever imported or called.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::opcodes as op;
 pub use super::value::{StorageRef, TensorRef, Value};
 
+/// Deepest container nesting accepted. A checkpoint nests a few levels (checkpoint,
+/// state dict, tensor arguments); the bound keeps every recursive walk and drop shallow.
+pub const MAX_DEPTH: usize = 64;
+
+/// Bytes that copies of strings may add (memo gets and `DUP` copy them), per byte of the
+/// program, with a floor: torch files repeat short strings (`cpu`, storage keys) only.
+const COPY_FACTOR: usize = 4;
+const COPY_FLOOR: usize = 1 << 20;
+
 /// Runs the pickle program `data`; storages are resolved through `persistent_load`.
+///
+/// Memory and time are bounded by the size of `data`: the memo holds at most one entry
+/// per opcode, copied strings are budgeted, nesting is capped at [`MAX_DEPTH`], and a
+/// container cannot be changed once it is inside another one, so no value is cyclic.
 pub fn load(data: &[u8]) -> Result<Value, String> {
     Vm {
         data,
         pos: 0,
         stack: Vec::new(),
         marks: Vec::new(),
-        memo: Vec::new(),
+        memo: HashMap::new(),
+        nodes: HashMap::new(),
+        copy_budget: data.len().saturating_mul(COPY_FACTOR).max(COPY_FLOOR),
     }
     .run()
+}
+
+/// What the VM knows of a container: its nesting depth and whether it has been put
+/// inside another container (after which it is frozen).
+#[derive(Clone, Copy, Default)]
+struct Node {
+    depth: usize,
+    sealed: bool,
 }
 
 struct Vm<'a> {
@@ -29,7 +53,30 @@ struct Vm<'a> {
     pos: usize,
     stack: Vec<Value>,
     marks: Vec<usize>,
-    memo: Vec<Option<Value>>,
+    memo: HashMap<usize, Value>,
+    /// Containers by address (their `Rc` allocation).
+    nodes: HashMap<usize, Node>,
+    copy_budget: usize,
+}
+
+/// The address identifying a container value, `None` for scalars and leaves.
+fn address(v: &Value) -> Option<usize> {
+    match v {
+        Value::Tuple(t) => Some(Rc::as_ptr(t) as *const () as usize),
+        Value::List(l) => Some(Rc::as_ptr(l) as *const () as usize),
+        Value::Dict(d) => Some(Rc::as_ptr(d) as *const () as usize),
+        _ => None,
+    }
+}
+
+/// Heap bytes a clone of `v` copies (containers and tensors are shared, not copied).
+fn copied_bytes(v: &Value) -> usize {
+    match v {
+        Value::Str(s) | Value::Global(s) | Value::Opaque(s) => s.len(),
+        Value::Bytes(b) => b.len(),
+        Value::Storage(s) => s.key.len() + s.kind.len(),
+        _ => 0,
+    }
 }
 
 impl Vm<'_> {
@@ -100,25 +147,86 @@ impl Vm<'_> {
         Ok(self.stack.split_off(m))
     }
     fn memo_put(&mut self, i: usize) -> Result<(), String> {
-        let v = self.top()?.clone();
-        if i >= self.memo.len() {
-            self.memo.resize(i + 1, None);
-        }
-        self.memo[i] = Some(v);
+        let top = self.top()?.clone();
+        let v = self.copy(top)?;
+        self.memo.insert(i, v);
         Ok(())
     }
     fn memo_get(&mut self, i: usize) -> Result<(), String> {
-        let v = self
-            .memo
-            .get(i)
-            .cloned()
-            .flatten()
-            .ok_or("unknown memo entry")?;
+        let v = self.memo.get(&i).cloned().ok_or("unknown memo entry")?;
+        let v = self.copy(v)?;
         self.stack.push(v);
         Ok(())
     }
-    fn tuple(v: Vec<Value>) -> Value {
-        Value::Tuple(Rc::new(v))
+    /// Charges a copy of `v` to the copy budget.
+    fn copy(&mut self, v: Value) -> Result<Value, String> {
+        self.copy_budget = self
+            .copy_budget
+            .checked_sub(copied_bytes(&v))
+            .ok_or("repeated copies of large strings exceed what a checkpoint holds")?;
+        Ok(v)
+    }
+    fn depth(&self, v: &Value) -> usize {
+        address(v).map_or(0, |a| self.nodes.get(&a).map_or(1, |n| n.depth))
+    }
+    /// The depth of a container of depth `at_least` after taking `items`, which are sealed.
+    fn holding(&mut self, items: &[Value], at_least: usize) -> Result<usize, String> {
+        let inner = items.iter().map(|v| self.depth(v)).max().unwrap_or(0);
+        let depth = at_least.max(inner + 1);
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "containers nested deeper than {MAX_DEPTH} levels (a checkpoint never is)"
+            ));
+        }
+        for a in items.iter().filter_map(address) {
+            self.nodes.entry(a).or_default().sealed = true;
+        }
+        Ok(depth)
+    }
+    /// Appends `items` to the list, or sets them as pairs in the dict, on top of the
+    /// stack, once the change is checked; items of any other value are dropped.
+    fn extend_top(&mut self, items: Vec<Value>) -> Result<(), String> {
+        let target = self.top()?.clone();
+        let Some(a) = address(&target).filter(|_| !matches!(target, Value::Tuple(_))) else {
+            return Ok(());
+        };
+        let node = self.nodes.get(&a).copied().unwrap_or_default();
+        if node.sealed || items.iter().any(|v| address(v) == Some(a)) {
+            return Err("a container is changed after being put inside another one (a self-referencing object, which a checkpoint never holds)".into());
+        }
+        let depth = self.holding(&items, node.depth.max(1))?;
+        let sealed = false;
+        self.nodes.insert(a, Node { depth, sealed });
+        match &target {
+            Value::List(l) => l.borrow_mut().extend(items),
+            _ => set_items(&target, items),
+        }
+        Ok(())
+    }
+    /// Pushes the container `make` builds from `items` (which it now holds).
+    fn push_new(
+        &mut self,
+        items: Vec<Value>,
+        make: impl FnOnce(Vec<Value>) -> Value,
+    ) -> Result<(), String> {
+        let depth = self.holding(&items, 1)?;
+        let v = make(items);
+        if let Some(a) = address(&v) {
+            let sealed = false;
+            self.nodes.insert(a, Node { depth, sealed });
+        }
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Pushes what a call made: a new (empty) dict, a tensor or an opaque value.
+    fn push_made(&mut self, v: Value) -> Result<(), String> {
+        if matches!(v, Value::Dict(_)) {
+            self.push_new(vec![], |_| v)
+        } else {
+            self.stack.push(v);
+            Ok(())
+        }
     }
 
     fn run(mut self) -> Result<Value, String> {
@@ -148,7 +256,8 @@ impl Vm<'_> {
                 self.pop_mark()?;
             }
             op::DUP => {
-                let v = self.top()?.clone();
+                let top = self.top()?.clone();
+                let v = self.copy(top)?;
                 self.stack.push(v);
             }
             op::BINPUT | op::LONG_BINPUT => {
@@ -179,10 +288,10 @@ impl Vm<'_> {
     /// Tuples, lists, dicts and (opaque) sets; anything else goes to [`Self::object`].
     fn container(&mut self, op: u8) -> Result<(), String> {
         match op {
-            op::EMPTY_TUPLE => self.stack.push(Self::tuple(vec![])),
+            op::EMPTY_TUPLE => self.push_new(vec![], tuple)?,
             op::TUPLE => {
                 let items = self.pop_mark()?;
-                self.stack.push(Self::tuple(items));
+                self.push_new(items, tuple)?;
             }
             op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                 let n = usize::from(op - op::TUPLE1) + 1;
@@ -190,19 +299,17 @@ impl Vm<'_> {
                     return Err("stack underflow".into());
                 }
                 let items = self.stack.split_off(self.stack.len() - n);
-                self.stack.push(Self::tuple(items));
+                self.push_new(items, tuple)?;
             }
-            op::EMPTY_LIST => self.stack.push(Value::List(Rc::new(RefCell::new(vec![])))),
+            op::EMPTY_LIST => self.push_new(vec![], list)?,
             op::LIST => {
                 let items = self.pop_mark()?;
-                self.stack.push(Value::List(Rc::new(RefCell::new(items))));
+                self.push_new(items, list)?;
             }
-            op::EMPTY_DICT => self.stack.push(Value::dict()),
+            op::EMPTY_DICT => self.push_new(vec![], dict)?,
             op::DICT => {
                 let items = self.pop_mark()?;
-                let d = Value::dict();
-                set_items(&d, items);
-                self.stack.push(d);
+                self.push_new(items, dict)?;
             }
             op::EMPTY_SET => self.stack.push(Value::Opaque("set".into())),
             op::ADDITEMS => {
@@ -214,26 +321,20 @@ impl Vm<'_> {
             }
             op::APPEND => {
                 let v = self.pop()?;
-                if let Value::List(l) = self.top()? {
-                    l.borrow_mut().push(v);
-                }
+                self.extend_top(vec![v])?;
             }
             op::APPENDS => {
                 let items = self.pop_mark()?;
-                if let Value::List(l) = self.top()? {
-                    l.borrow_mut().extend(items);
-                }
+                self.extend_top(items)?;
             }
             op::SETITEM => {
                 let v = self.pop()?;
                 let k = self.pop()?;
-                let d = self.top()?.clone();
-                set_items(&d, vec![k, v]);
+                self.extend_top(vec![k, v])?;
             }
             op::SETITEMS => {
                 let items = self.pop_mark()?;
-                let d = self.top()?.clone();
-                set_items(&d, items);
+                self.extend_top(items)?;
             }
             _ => self.object(op)?,
         }
@@ -258,18 +359,18 @@ impl Vm<'_> {
             op::REDUCE => {
                 let args = self.pop()?;
                 let f = self.pop()?;
-                self.stack.push(reduce(f, args)?);
+                self.push_made(reduce(f, args)?)?;
             }
             op::NEWOBJ => {
                 let _args = self.pop()?;
                 let cls = self.pop()?;
-                self.stack.push(instantiate(&cls));
+                self.push_made(instantiate(&cls))?;
             }
             op::NEWOBJ_EX => {
                 let _kwargs = self.pop()?;
                 let _args = self.pop()?;
                 let cls = self.pop()?;
-                self.stack.push(instantiate(&cls));
+                self.push_made(instantiate(&cls))?;
             }
             op::BUILD => {
                 self.pop()?; // object state is not needed
@@ -344,6 +445,20 @@ impl Vm<'_> {
     }
 }
 
+fn tuple(items: Vec<Value>) -> Value {
+    Value::Tuple(Rc::new(items))
+}
+
+fn list(items: Vec<Value>) -> Value {
+    Value::List(Rc::new(RefCell::new(items)))
+}
+
+fn dict(items: Vec<Value>) -> Value {
+    let d = Value::dict();
+    set_items(&d, items);
+    d
+}
+
 fn set_items(d: &Value, items: Vec<Value>) {
     if let Value::Dict(map) = d {
         let mut map = map.borrow_mut();
@@ -392,7 +507,10 @@ fn reduce(f: Value, args: Value) -> Result<Value, String> {
             })))
         }
         "torch._utils._rebuild_parameter" | "torch._utils._rebuild_parameter_with_state" => {
-            Ok(args.first().cloned().unwrap_or(Value::None))
+            match args.first() {
+                Some(t @ Value::Tensor(_)) => Ok(t.clone()),
+                _ => Err(format!("malformed {name} call")),
+            }
         }
         "collections.OrderedDict" | "builtins.dict" => Ok(Value::dict()),
         _ => Ok(Value::Opaque(name.clone())),
@@ -452,6 +570,82 @@ mod tests {
             }
         );
         assert!(matches!(&d[1].1, Value::Opaque(n) if n == "argparse.Namespace"));
+    }
+
+    /// `PROTO 2`, `body`, `STOP`.
+    fn program(body: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80, 2];
+        p.extend_from_slice(body);
+        p.push(b'.');
+        p
+    }
+
+    #[test]
+    fn a_huge_memo_index_costs_one_entry() {
+        // EMPTY_LIST, LONG_BINPUT 0xffffffff, LONG_BINGET 0xffffffff, POP.
+        let v = load(&program(b"]r\xff\xff\xff\xffj\xff\xff\xff\xff0")).unwrap();
+        assert!(matches!(v, Value::List(_)));
+    }
+
+    #[test]
+    fn repeated_copies_of_a_string_are_budgeted() {
+        let n = 3 << 20;
+        let mut body = vec![b'B'];
+        body.extend((n as u32).to_le_bytes());
+        body.extend(std::iter::repeat_n(b'x', n));
+        body.extend(b"q\x00");
+        for _ in 0..20 {
+            body.extend(b"h\x00");
+        }
+        let e = load(&program(&body)).unwrap_err();
+        assert!(e.contains("copies"), "{e}");
+        // A few copies of a short string are fine.
+        assert!(load(&program(b"X\x03\x00\x00\x00cpuq\x00h\x00h\x000")).is_ok());
+    }
+
+    #[test]
+    fn nesting_is_capped() {
+        let nest = |n: usize| {
+            let mut body = vec![b']'];
+            body.extend(std::iter::repeat_n(0x85, n)); // TUPLE1
+            load(&program(&body))
+        };
+        assert!(nest(MAX_DEPTH - 1).is_ok());
+        let e = nest(MAX_DEPTH).unwrap_err();
+        assert!(e.contains("nested deeper"), "{e}");
+        // The same through APPEND: [[[...]]]
+        let mut body = vec![b']'];
+        for _ in 0..MAX_DEPTH {
+            body.extend(b"]");
+        }
+        body.extend(std::iter::repeat_n(b'a', MAX_DEPTH));
+        assert!(load(&program(&body)).unwrap_err().contains("nested deeper"));
+    }
+
+    #[test]
+    fn self_reference_and_late_changes_are_refused() {
+        // l = []; l.append(l)
+        let e = load(&program(b"]q\x00h\x00a")).unwrap_err();
+        assert!(e.contains("self-referencing"), "{e}");
+        // a = []; b = [a]; a.append(b): a cycle through a container already inside b.
+        let e = load(&program(b"]q\x00]h\x00aq\x01h\x00h\x01a")).unwrap_err();
+        assert!(e.contains("self-referencing"), "{e}");
+    }
+
+    #[test]
+    fn shared_dicts_are_walked_once() {
+        // d0 = {}; d(k+1) = {'x': dk, 'y': dk}: 2^40 paths, 41 dicts.
+        let mut body = b"}q\x00".to_vec();
+        for k in 0u8..40 {
+            body.extend(b"}(X\x01\x00\x00\x00xh");
+            body.push(k);
+            body.extend(b"X\x01\x00\x00\x00yh");
+            body.push(k);
+            body.extend(b"uq");
+            body.push(k + 1);
+        }
+        let v = load(&program(&body)).unwrap();
+        assert!(super::super::tensors_in(&v).is_empty());
     }
 
     #[test]
