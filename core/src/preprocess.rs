@@ -53,13 +53,14 @@ struct Taps {
 }
 
 impl Taps {
-    fn new(in_size: usize, out_size: usize) -> Self {
+    /// Taps of the outputs `range` of a resize from `in_size` to `out_size` pixels.
+    fn new(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Self {
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = 2.0 * filterscale;
-        let mut first = Vec::with_capacity(out_size);
-        let mut weights = Vec::with_capacity(out_size);
-        for xx in 0..out_size {
+        let mut first = Vec::with_capacity(range.len());
+        let mut weights = Vec::with_capacity(range.len());
+        for xx in range {
             let center = (xx as f64 + 0.5) * scale;
             // C `(int)` casts truncate toward zero, as Rust's `as` does.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -85,6 +86,28 @@ impl Taps {
         }
         Self { first, weights }
     }
+
+    /// The input indices the taps read: `first..end`.
+    fn span(&self) -> std::ops::Range<usize> {
+        let lo = self.first.iter().copied().min().unwrap_or(0);
+        let hi = self
+            .first
+            .iter()
+            .zip(&self.weights)
+            .map(|(f, w)| f + w.len())
+            .max()
+            .unwrap_or(lo);
+        lo..hi
+    }
+}
+
+/// A rectangle of a resized image, in its pixel coordinates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
 }
 
 fn clip8(v: i32) -> u8 {
@@ -99,51 +122,48 @@ fn clip8(v: i32) -> u8 {
 
 /// PIL-exact bicubic resize of an RGB8 image to `width` x `height`.
 pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let all = Window {
+        x: 0,
+        y: 0,
+        width,
+        height,
+    };
+    resize_bicubic_window(img, width, height, all)
+}
+
+/// The pixels `win` of the PIL-exact bicubic resize of `img` to `width` x `height`,
+/// computed without the rest: memory and time follow the window, not the resized image,
+/// so a 1 x 1,000,000 image resized to a shorter side of 256 costs no more than a photo.
+/// Every value equals the full resize's (each output pixel depends on its taps only).
+/// `win` must lie inside the resized image.
+pub fn resize_bicubic_window(img: &RgbImage, width: u32, height: u32, win: Window) -> RgbImage {
     let (iw, ih) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (width as usize, height as usize);
-    if (iw, ih) == (ow, oh) || ow == 0 || oh == 0 || iw == 0 || ih == 0 {
-        return if (iw, ih) == (ow, oh) {
-            img.clone()
-        } else {
-            RgbImage::new(width, height)
-        };
+    let (wx, wy, ww, wh) = (
+        win.x as usize,
+        win.y as usize,
+        win.width as usize,
+        win.height as usize,
+    );
+    assert!(
+        wx + ww <= ow && wy + wh <= oh,
+        "window {win:?} outside {width}x{height}"
+    );
+    if ww == 0 || wh == 0 || iw == 0 || ih == 0 {
+        return RgbImage::new(win.width, win.height);
     }
-    let src = img.as_raw();
-    let round = 1i32 << (PRECISION_BITS - 1);
-    // Horizontal pass (all rows; PIL restricts it to the rows the vertical pass reads,
-    // which changes no value).
-    let horiz: std::borrow::Cow<[u8]> = if ow != iw {
-        let taps = Taps::new(iw, ow);
-        let mut out = vec![0u8; ow * ih * 3];
-        out.par_chunks_mut(ow * 3).enumerate().for_each(|(y, row)| {
-            let srow = &src[y * iw * 3..(y + 1) * iw * 3];
-            for (x, px) in row.chunks_exact_mut(3).enumerate() {
-                let (x0, w) = (taps.first[x], &taps.weights[x]);
-                let mut acc = [round; 3];
-                for (i, &k) in w.iter().enumerate() {
-                    let p = &srow[(x0 + i) * 3..(x0 + i) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += i32::from(p[c]) * k;
-                    }
-                }
-                for c in 0..3 {
-                    px[c] = clip8(acc[c]);
-                }
-            }
-        });
-        out.into()
-    } else {
-        src.as_slice().into()
+    // Rows of the source the vertical pass reads (all of the window's when no resize).
+    let vtaps = (oh != ih).then(|| Taps::new(ih, oh, wy..wy + wh));
+    let rows = vtaps.as_ref().map_or(wy..wy + wh, Taps::span);
+    let horiz = horizontal(img, ow, wx..wx + ww, rows.clone());
+    let Some(taps) = vtaps else {
+        return RgbImage::from_raw(win.width, win.height, horiz).expect("window buffer size");
     };
-    if oh == ih {
-        return RgbImage::from_raw(width, height, horiz.into_owned())
-            .expect("buffer size matches the image size");
-    }
-    let taps = Taps::new(ih, oh);
-    let stride = ow * 3;
-    let mut out = vec![0u8; ow * oh * 3];
+    let round = 1i32 << (PRECISION_BITS - 1);
+    let stride = ww * 3;
+    let mut out = vec![0u8; stride * wh];
     out.par_chunks_mut(stride).enumerate().for_each(|(y, row)| {
-        let (y0, w) = (taps.first[y], &taps.weights[y]);
+        let (y0, w) = (taps.first[y] - rows.start, &taps.weights[y]);
         let mut acc = vec![round; stride];
         for (i, &k) in w.iter().enumerate() {
             let srow = &horiz[(y0 + i) * stride..(y0 + i + 1) * stride];
@@ -155,7 +175,49 @@ pub fn resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
             *o = clip8(a);
         }
     });
-    RgbImage::from_raw(width, height, out).expect("buffer size matches the image size")
+    RgbImage::from_raw(win.width, win.height, out).expect("window buffer size")
+}
+
+/// The horizontal pass for output columns `cols` of a resize to `ow` wide, over source
+/// rows `rows`: `rows.len()` rows of `cols.len()` RGB pixels.
+fn horizontal(
+    img: &RgbImage,
+    ow: usize,
+    cols: std::ops::Range<usize>,
+    rows: std::ops::Range<usize>,
+) -> Vec<u8> {
+    let iw = img.width() as usize;
+    let src = img.as_raw();
+    let stride = cols.len() * 3;
+    let mut out = vec![0u8; stride * rows.len()];
+    if ow == iw {
+        for (y, row) in rows.zip(out.chunks_exact_mut(stride)) {
+            let start = (y * iw + cols.start) * 3;
+            row.copy_from_slice(&src[start..start + stride]);
+        }
+        return out;
+    }
+    let taps = Taps::new(iw, ow, cols);
+    let round = 1i32 << (PRECISION_BITS - 1);
+    let first_row = rows.start;
+    out.par_chunks_mut(stride).enumerate().for_each(|(r, row)| {
+        let y = first_row + r;
+        let srow = &src[y * iw * 3..(y + 1) * iw * 3];
+        for (x, px) in row.chunks_exact_mut(3).enumerate() {
+            let (x0, w) = (taps.first[x], &taps.weights[x]);
+            let mut acc = [round; 3];
+            for (i, &k) in w.iter().enumerate() {
+                let p = &srow[(x0 + i) * 3..(x0 + i) * 3 + 3];
+                for c in 0..3 {
+                    acc[c] += i32::from(p[c]) * k;
+                }
+            }
+            for c in 0..3 {
+                px[c] = clip8(acc[c]);
+            }
+        }
+    });
+    out
 }
 
 /// torchvision's `Resize(int)` output size `(width, height)`: the shorter side becomes
@@ -208,22 +270,34 @@ pub fn image_len(t: &EvalTransform) -> usize {
 
 /// The resized and centre-cropped image (`crop_size` square, zero-padded where the crop
 /// exceeds the resized image), before `ToTensor`/`Normalize`.
+///
+/// Only the pixels inside the crop are resized, so an extreme aspect ratio costs no more
+/// than a square photo.
 pub fn eval_crop(img: &RgbImage, t: &EvalTransform) -> RgbImage {
     let crop = t.crop_size as u32;
     let (w, h) = resized_size(img.width(), img.height(), t.resize_size as u32);
-    let resized = resize_bicubic(img, w, h);
     let (left, top) = (crop_offset(w, crop), crop_offset(h, crop));
-    if left == 0 && top == 0 && (w, h) == (crop, crop) {
-        return resized;
+    // The part of the crop that lies on the resized image.
+    let span = |offset: i64, side: u32| {
+        let lo = offset.max(0);
+        let hi = (offset + i64::from(crop)).min(i64::from(side));
+        (lo as u32, (hi - lo).max(0) as u32)
+    };
+    let ((x, width), (y, height)) = (span(left, w), span(top, h));
+    let win = Window {
+        x,
+        y,
+        width,
+        height,
+    };
+    let inside = resize_bicubic_window(img, w, h, win);
+    if (width, height) == (crop, crop) {
+        return inside;
     }
-    RgbImage::from_fn(crop, crop, |x, y| {
-        let (sx, sy) = (i64::from(x) + left, i64::from(y) + top);
-        if (0..i64::from(w)).contains(&sx) && (0..i64::from(h)).contains(&sy) {
-            *resized.get_pixel(sx as u32, sy as u32)
-        } else {
-            image::Rgb([0, 0, 0])
-        }
-    })
+    let mut out = RgbImage::new(crop, crop);
+    let (dx, dy) = (i64::from(x) - left, i64::from(y) - top);
+    image::imageops::replace(&mut out, &inside, dx, dy);
+    out
 }
 
 /// `ToTensor` and `Normalize` of a cropped image into CHW f32 (`3 * w * h` values).
@@ -282,7 +356,7 @@ mod tests {
     #[test]
     fn kernel_weights_sum_to_one_in_fixed_point() {
         for (i, o) in [(512, 256), (100, 37), (37, 100), (7, 3)] {
-            let t = Taps::new(i, o);
+            let t = Taps::new(i, o, 0..o);
             for w in &t.weights {
                 let s: i32 = w.iter().sum();
                 assert!((s - (1 << PRECISION_BITS)).abs() <= w.len() as i32, "{s}");
@@ -313,6 +387,75 @@ mod tests {
             .flat_map(|c| img.pixels().map(move |p| f32::from(p.0[c]) / 255.0))
             .collect();
         assert_close(&out, &expected, 0.0, 0.0);
+    }
+
+    fn noise(w: u32, h: u32, seed: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            let v = (x.wrapping_mul(73856093) ^ y.wrapping_mul(19349663) ^ seed)
+                .wrapping_mul(2654435761);
+            image::Rgb([(v >> 24) as u8, (v >> 16) as u8, (v >> 8) as u8])
+        })
+    }
+
+    #[test]
+    fn a_window_equals_the_same_pixels_of_the_full_resize() {
+        for (iw, ih, ow, oh) in [
+            (50, 30, 17, 11),
+            (20, 25, 64, 80),
+            (40, 40, 40, 19),
+            (33, 9, 33, 9),
+            (9, 40, 21, 40),
+        ] {
+            let img = noise(iw, ih, iw * ih);
+            let full = resize_bicubic(&img, ow, oh);
+            for (x, y, w, h) in [
+                (0, 0, ow, oh),
+                (3, 2, 5, 7),
+                (ow - 4, oh - 3, 4, 3),
+                (1, 0, ow - 2, 1),
+            ] {
+                let win = Window {
+                    x,
+                    y,
+                    width: w,
+                    height: h,
+                };
+                let part = resize_bicubic_window(&img, ow, oh, win);
+                let want = image::imageops::crop_imm(&full, x, y, w, h).to_image();
+                assert_eq!(part, want, "{iw}x{ih} -> {ow}x{oh}, window {win:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn eval_crop_of_an_extreme_aspect_ratio_is_bounded() {
+        // Resized to 256 x 256,000,000 this would be 196 GB; only the crop is computed.
+        let img = noise(1, 1_000_000, 7);
+        let t = EvalTransform::standard(224);
+        let c = eval_crop(&img, &t);
+        assert_eq!(c.dimensions(), (224, 224));
+        // Padding when the crop exceeds the resized image still matches the full path.
+        let small = noise(30, 20, 3);
+        let t = EvalTransform {
+            resize_size: 20,
+            crop_size: 24,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+        };
+        let full = resize_bicubic(&small, 30, 20);
+        let c = eval_crop(&small, &t);
+        for (x, y, p) in c.enumerate_pixels() {
+            let (sx, sy) = (
+                x as i64 + crop_offset(30, 24),
+                y as i64 + crop_offset(20, 24),
+            );
+            let want = if (0..30).contains(&sx) && (0..20).contains(&sy) {
+                *full.get_pixel(sx as u32, sy as u32)
+            } else {
+                image::Rgb([0, 0, 0])
+            };
+            assert_eq!(*p, want, "({x}, {y})");
+        }
     }
 
     #[test]

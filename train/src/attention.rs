@@ -2,7 +2,8 @@
 //! the official `visualize_attention.py` shows it.
 //!
 //! Per image: resize so the shorter side is `img_size` (aspect kept; PIL-exact bicubic),
-//! crop the bottom/right remainder so both sides are multiples of the patch size, normalise
+//! crop the bottom/right remainder so both sides are multiples of the patch size (and the
+//! longer at most `MAX_ASPECT` times the shorter), normalise
 //! with the checkpoint's eval mean/std (ImageNet's when absent), run the ViT at that size
 //! (position embeddings interpolated) and take `attn[0, :, 0, 1:]` of the last block. Each
 //! head's map is renormalised to sum to 1 over the patches (the CLS-to-CLS share removed;
@@ -21,7 +22,7 @@ use std::path::{Path, PathBuf};
 use dino_core::attention::mean_over_heads;
 use dino_core::heatmap::PatchGrid;
 use dino_core::image_io::{has_image_extension, load_rgb};
-use dino_core::preprocess::{normalize_into, resize_bicubic, resized_size};
+use dino_core::preprocess::{Window, normalize_into, resize_bicubic_window, resized_size};
 use dino_core::{CoreError, EvalTransform};
 use dino_models::VisionTransformer;
 use image::RgbImage;
@@ -82,8 +83,15 @@ impl HeadMaps {
     }
 }
 
+/// Longest side of the attention input, in multiples of its shorter side. Tokens, and the
+/// attention matrix with their square, grow with the long side: a 1 x 100,000 image would
+/// otherwise ask for terabytes. Longer images are cropped (from the top left, as the
+/// patch-multiple crop is).
+pub const MAX_ASPECT: u32 = 4;
+
 /// The model input of `img`: the crop (shorter side `img_size`, sides multiples of
-/// `patch`) and its normalised CHW values.
+/// `patch`, the longer at most [`MAX_ASPECT`] times the shorter) and its normalised CHW
+/// values.
 pub fn prepare(
     img: &RgbImage,
     img_size: usize,
@@ -93,7 +101,9 @@ pub fn prepare(
 ) -> Result<(RgbImage, Vec<f32>), AttentionError> {
     let (w, h) = resized_size(img.width(), img.height(), img_size as u32);
     let p = patch as u32;
-    let (cw, ch) = (w - w % p, h - h % p);
+    let long = (img_size as u32).saturating_mul(MAX_ASPECT);
+    let (cw, ch) = (w.min(long), h.min(long));
+    let (cw, ch) = (cw - cw % p, ch - ch % p);
     if cw == 0 || ch == 0 {
         return Err(AttentionError::Invalid(format!(
             "a {}x{} image resized to {w}x{h} is smaller than one {patch}-pixel patch: raise --img-size",
@@ -101,8 +111,13 @@ pub fn prepare(
             img.height()
         )));
     }
-    let resized = resize_bicubic(img, w, h);
-    let crop = image::imageops::crop_imm(&resized, 0, 0, cw, ch).to_image();
+    let win = Window {
+        x: 0,
+        y: 0,
+        width: cw,
+        height: ch,
+    };
+    let crop = resize_bicubic_window(img, w, h, win);
     let mut chw = vec![0f32; 3 * (cw * ch) as usize];
     normalize_into(&crop, mean, std, &mut chw);
     Ok((crop, chw))
@@ -313,5 +328,9 @@ mod tests {
         assert_eq!(crop.dimensions(), (56, 24));
         assert_eq!(chw.len(), 3 * 56 * 24);
         assert!(prepare(&img, 30, 64, &[0.0; 3], &[1.0; 3]).is_err());
+        // 1 x 100,000 -> 30 x 3,000,000, cropped to 30 x 120 -> 24 x 120.
+        let tall = RgbImage::from_pixel(1, 100_000, image::Rgb([0, 9, 0]));
+        let (crop, _) = prepare(&tall, 30, 8, &[0.0; 3], &[1.0; 3]).unwrap();
+        assert_eq!(crop.dimensions(), (24, 120));
     }
 }

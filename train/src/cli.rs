@@ -80,7 +80,8 @@ pub struct AttentionArgs {
     /// An image, or a folder of images (every jpg/jpeg/png/webp/bmp in it).
     #[arg(long)]
     pub image: PathBuf,
-    /// Shorter side of the resized image; sides are then cropped to patch multiples.
+    /// Shorter side of the resized image; sides are then cropped to patch multiples, the
+    /// longer to at most 4 times the shorter.
     #[arg(long, default_value_t = 480)]
     pub img_size: usize,
     /// Share of the attention mass the masks keep.
