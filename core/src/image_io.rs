@@ -19,11 +19,23 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage, CoreError> {
 }
 
 /// Decodes in-memory bytes (format guessed from content); `path` is only for messages.
+///
+/// One policy for every tool, Pillow's: a damaged file is an error, never a partly grey
+/// image. The `image` JPEG decoder pads a truncated scan instead of failing, so a JPEG
+/// must also end with its end-of-image marker (up to 4 KiB of trailing data allowed).
 pub fn decode_rgb(bytes: &[u8], path: &Path) -> Result<RgbImage, CoreError> {
-    let img = image::load_from_memory(bytes).map_err(|e| CoreError::Image {
+    let bad = |why: String| CoreError::Image {
         path: path.to_path_buf(),
-        why: format!("cannot decode image: {e}"),
-    })?;
+        why,
+    };
+    let img =
+        image::load_from_memory(bytes).map_err(|e| bad(format!("cannot decode image: {e}")))?;
+    // In entropy-coded data 0xFF is always stuffed, so 0xFF 0xD9 near the end is the EOI.
+    if bytes.starts_with(&[0xFF, 0xD8])
+        && !bytes.windows(2).rev().take(4096).any(|w| w == [0xFF, 0xD9])
+    {
+        return Err(bad("truncated JPEG (no end-of-image marker)".into()));
+    }
     Ok(img.to_rgb8())
 }
 
@@ -83,5 +95,27 @@ impl ImageFolder {
             classes,
             samples,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncated_jpegs_are_refused_whole_ones_decode() {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]));
+        let mut jpeg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        let p = Path::new("x.jpg");
+        assert_eq!(decode_rgb(&jpeg, p).unwrap().dimensions(), (64, 48));
+        let e = decode_rgb(&jpeg[..jpeg.len() * 7 / 10], p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.jpg") && e.contains("truncated JPEG"), "{e}");
     }
 }

@@ -83,6 +83,18 @@ fn unreadable_images_are_named_and_others_processed() {
     assert_eq!(floats(&items[1]["embedding"]).len(), 48);
     assert!(items[2]["error"].is_string());
 
+    // A truncated JPEG (the first 60% of a photo) is refused as Pillow refuses it, not
+    // embedded with a padded grey bottom.
+    let jpeg = std::fs::read(data_dir().join("photos/rocket.jpg")).unwrap();
+    let cut = f.dir.join("cut.jpg");
+    std::fs::write(&cut, &jpeg[..jpeg.len() * 6 / 10]).unwrap();
+    let mut c = dino_run(&f.dir);
+    c.args(["embed", "--model"])
+        .arg(&f.model)
+        .arg(&cut)
+        .arg(&good);
+    fails_with(&c.output().unwrap(), 1, &["cut.jpg", "truncated JPEG"]);
+
     // Same through classify and index.
     let mut c = dino_run(&f.dir);
     c.args(["classify", "--model"])

@@ -37,21 +37,13 @@ pub struct ImageDataset {
     skipped: Mutex<Vec<SkippedFile>>,
 }
 
-/// Full decode check, returning the reason (without the path) on failure. The `image`
-/// decoders accept truncated JPEGs (padding the missing scan), so a JPEG must also end with
-/// its EOI marker (trailing data up to 4 KiB allowed).
+/// Full decode check (the one policy of `decode_rgb`, truncated JPEGs included),
+/// returning the reason without the path on failure.
 fn check_decode(bytes: &[u8], path: &Path) -> Result<RgbImage, String> {
-    let img = decode_rgb(bytes, path).map_err(|e| match e {
+    decode_rgb(bytes, path).map_err(|e| match e {
         CoreError::Image { why, .. } => why,
         e => e.to_string(),
-    })?;
-    // In entropy-coded data 0xFF is always stuffed, so 0xFF 0xD9 near the end is the EOI.
-    if bytes.starts_with(&[0xFF, 0xD8])
-        && !bytes.windows(2).rev().take(4096).any(|w| w == [0xFF, 0xD9])
-    {
-        return Err("truncated JPEG (no end-of-image marker)".into());
-    }
-    Ok(img)
+    })
 }
 
 fn read_and_decode(path: &Path) -> Result<RgbImage, String> {
