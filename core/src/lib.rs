@@ -19,6 +19,7 @@ pub mod heatmap;
 pub mod image_io;
 pub mod knn;
 pub mod linear;
+pub mod onnx_digest;
 pub mod onnx_meta;
 pub mod preprocess;
 pub mod testing;

@@ -265,6 +265,36 @@ pub fn write_atomic(
     write_bytes_atomic(path, &bytes)
 }
 
+/// Refuses to write `output` when it is the file `input` (the same path, a link to it, or
+/// another name of it): the atomic rename would replace the input the user still has.
+pub fn ensure_distinct(input: &Path, output: &Path) -> Result<(), CoreError> {
+    let same = match (std::fs::metadata(input), std::fs::metadata(output)) {
+        (Ok(a), Ok(b)) => same_file(&a, &b),
+        _ => false,
+    };
+    if same {
+        return Err(CoreError::Format {
+            path: output.to_path_buf(),
+            why: format!(
+                "is the input file {}; writing it would replace the input: choose another output",
+                input.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    false
+}
+
 /// Atomic replacement of `path` by `bytes` (temp file, fsync, rename, fsync of the folder
 /// so that the rename itself survives a power cut).
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), CoreError> {
@@ -346,6 +376,26 @@ mod tests {
         );
         assert!(f.head_config().unwrap().is_none());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn an_output_that_is_the_input_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dino-distinct-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = dir.join("a.bin");
+        std::fs::write(&a, b"x").unwrap();
+        let e = ensure_distinct(&a, &dir.join("./a.bin"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("replace the input"), "{e}");
+        #[cfg(unix)]
+        {
+            let link = dir.join("link.bin");
+            std::os::unix::fs::symlink(&a, &link).unwrap();
+            assert!(ensure_distinct(&a, &link).is_err());
+        }
+        assert!(ensure_distinct(&a, &dir.join("b.bin")).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use prost::Message;
 
+use dino_core::onnx_digest::append_digest;
 use dino_core::onnx_meta::fingerprint;
 use dino_core::st::write_bytes_atomic;
 
@@ -78,6 +79,7 @@ pub fn export(
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
     check_destination(to)?;
+    dino_core::st::ensure_distinct(checkpoint, to)?;
     let backbone = load::load_backbone(checkpoint)?;
     export_backbone(&backbone, to, opts)
 }
@@ -181,7 +183,9 @@ pub fn export_backbone(
             "the model would be {len} bytes, over protobuf's 2 GiB limit"
         )));
     }
-    let bytes = model.encode_to_vec();
+    let mut bytes = model.encode_to_vec();
+    // dino-run recomputes this digest on every load and refuses a damaged file.
+    append_digest(&mut bytes).map_err(|why| ExportError::Options(format!("encoding: {why}")))?;
     write_bytes_atomic(to, &bytes).map_err(|e| match e {
         dino_core::CoreError::Io { path, source } => ExportError::Write { path, source },
         other => other.into(),

@@ -47,6 +47,7 @@ pub struct Imported {
 
 /// Converts `from` (`.pth` or foreign `.safetensors`) to a dino-rs backbone file `to`.
 pub fn import(from: &Path, to: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
+    st::ensure_distinct(from, to)?;
     let imported = read_foreign(from, opts)?;
     let meta = st::backbone_metadata(&imported.vit, None, None, st::KIND_BACKBONE);
     st::write_atomic(to, &imported.tensors, meta)?;

@@ -355,6 +355,8 @@ fn cmd_attention(
     threshold: f32,
 ) -> Result<bool> {
     check_threshold(threshold).map_err(|why| anyhow::anyhow!("--{why}"))?;
+    dino_core::st::ensure_distinct(&model.model, out)?;
+    dino_core::st::ensure_distinct(image, out)?;
     let mut m = open_model(cli, &model.model)?;
     m.info.require_output(OUTPUT_ATTENTION)?;
     let (crop, input) = prepare(&load_rgb(image)?, &m.info.eval);
@@ -363,7 +365,8 @@ fn cmd_attention(
     let heads = a.shape.get(1).copied().unwrap_or(0);
     let png = montage_png(&a.data, heads, m.info.vit.patch_size, &crop, threshold)
         .map_err(|why| anyhow::anyhow!("{}: {why}", model.model.display()))?;
-    std::fs::write(out, png).with_context(|| format!("{}: cannot write the PNG", out.display()))?;
+    dino_core::st::write_bytes_atomic(out, &png)
+        .with_context(|| format!("{}: cannot write the PNG", out.display()))?;
     eprintln!("{}: {heads} heads, threshold {threshold}", out.display());
     Ok(true)
 }

@@ -143,28 +143,82 @@ pub fn init_ort(lib: &Path) -> Result<Environment, RuntimeError> {
         .map_err(|e| RuntimeError::ort(lib, "creating the ONNX Runtime environment", e))
 }
 
-/// Cache file of the optimised graph of `model` for these options: keyed by the model
-/// file's path, size and modification time, the device and the ONNX Runtime version.
-fn cache_path(model: &Path, opts: &SessionOptions) -> Option<PathBuf> {
+/// Cache file of the optimised graph of a model with content digest `digest` for these
+/// options: keyed by what the model holds (not its path, size or date, which copies keep
+/// while the content changes), the device and the ONNX Runtime version.
+fn cache_path(model: &Path, digest: &str, opts: &SessionOptions) -> Option<PathBuf> {
     let dir = opts.cache_dir.as_ref()?;
-    let meta = std::fs::metadata(model).ok()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    std::fs::canonicalize(model).ok()?.hash(&mut h);
-    meta.len().hash(&mut h);
-    meta.modified().ok()?.hash(&mut h);
     opts.device.hash(&mut h);
     ORT_VERSION.hash(&mut h);
     let stem = model.file_stem()?.to_string_lossy();
-    Some(dir.join(format!("{stem}-{:016x}.onnx", h.finish())))
+    Some(dir.join(format!("{stem}-{digest}-{:016x}.onnx", h.finish())))
 }
 
-/// Creates a session for `model`. On the CPU the optimised graph is cached (see
-/// [`SessionOptions::cache_dir`]) so later starts skip graph optimisation.
+/// Creates a session for `model` after checking its content digest (a damaged file is
+/// refused). On the CPU the optimised graph is cached (see [`SessionOptions::cache_dir`])
+/// so later starts skip graph optimisation.
 pub fn create_session(
     env: &Environment,
     model: &Path,
     opts: &SessionOptions,
 ) -> Result<Session, RuntimeError> {
+    let digest = dino_core::onnx_digest::verify_file(model)?;
+    let cached = (opts.device == Device::Cpu)
+        .then(|| cache_path(model, &digest, opts))
+        .flatten();
+    if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
+        let intact = std::fs::read_to_string(seal_path(c)).ok() == cache_digest(c);
+        if intact && let Ok(s) = build(env, model, opts, None)?.commit_from_file(c) {
+            return Ok(s);
+        }
+        // A damaged or unsealed cache entry: rebuild it, or run uncached if it cannot be
+        // removed (a read-only cache).
+        if std::fs::remove_file(c).is_err() {
+            return build(env, model, opts, Some(None))?
+                .commit_from_file(model)
+                .map_err(RuntimeError::ctx(model, "loading the model"));
+        }
+    }
+    let session = build(env, model, opts, Some(cached.as_deref()))?
+        .commit_from_file(model)
+        .map_err(RuntimeError::ctx(model, "loading the model"))?;
+    if let Some(c) = cached.as_ref()
+        && let Some(d) = cache_digest(c)
+    {
+        // Best effort: without its seal the entry is rebuilt next time.
+        let _ = dino_core::st::write_bytes_atomic(&seal_path(c), d.as_bytes());
+    }
+    Ok(session)
+}
+
+/// The seal of a cache entry: the digest of its graph and weight files when written.
+fn seal_path(c: &Path) -> PathBuf {
+    let mut s = c.as_os_str().to_owned();
+    s.push(".xxh3");
+    PathBuf::from(s)
+}
+
+/// The digest of a cache entry's graph file and its weight side file.
+fn cache_digest(c: &Path) -> Option<String> {
+    let mut data = c.as_os_str().to_owned();
+    data.push(".data");
+    let data = PathBuf::from(data);
+    let files: Vec<&Path> = [c, data.as_path()]
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    dino_core::onnx_digest::files_digest(&files).ok()
+}
+
+/// A session builder for `opts`. `optimise`: `None` loads an already optimised graph as
+/// is; `Some(cache)` optimises, writing the result to `cache` when given.
+fn build(
+    env: &Environment,
+    model: &Path,
+    opts: &SessionOptions,
+    optimise: Option<Option<&Path>>,
+) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
     let mut b = Session::builder(env).map_err(RuntimeError::ctx(model, "creating a session"))?;
     if opts.threads > 0 {
         b = b
@@ -194,27 +248,15 @@ pub fn create_session(
                 })?;
         }
     }
-    let cached = (opts.device == Device::Cpu)
-        .then(|| cache_path(model, opts))
-        .flatten();
-    if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
-        let fast = b
+    let Some(cache) = optimise else {
+        return b
             .with_optimization_level(GraphOptimizationLevel::Disable)
-            .map_err(RuntimeError::ctx(model, "setting the optimisation level"))?
-            .commit_from_file(c);
-        match fast {
-            Ok(s) => return Ok(s),
-            // A stale or damaged cache entry: rebuild it below.
-            Err(_) => {
-                let _ = std::fs::remove_file(c);
-                return create_session(env, model, opts);
-            }
-        }
-    }
+            .map_err(RuntimeError::ctx(model, "setting the optimisation level"));
+    };
     b = b
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(RuntimeError::ctx(model, "setting the optimisation level"))?;
-    if let Some(c) = cached.as_ref()
+    if let Some(c) = cache
         && std::fs::create_dir_all(c.parent().unwrap_or(Path::new("."))).is_ok()
     {
         // Weights go to a side file, which ONNX Runtime memory-maps when loading the
@@ -239,9 +281,7 @@ pub fn create_session(
             )
             .map_err(RuntimeError::ctx(model, "setting the optimised model path"))?;
     }
-
-    b.commit_from_file(model)
-        .map_err(RuntimeError::ctx(model, "loading the model"))
+    Ok(b)
 }
 
 #[cfg(test)]
