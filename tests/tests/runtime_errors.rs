@@ -210,7 +210,7 @@ fn models_without_metadata_or_output_are_refused() {
     fails_with(
         &c.output().unwrap(),
         2,
-        &["garbage.onnx", "loading the model"],
+        &["garbage.onnx", "not a readable ONNX model"],
     );
 }
 
