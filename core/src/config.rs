@@ -39,6 +39,19 @@ pub struct VitConfig {
     pub layer_norm_eps: f64,
 }
 
+/// Bounds of [`VitConfig::validate`]: several times the largest official model (ViT-B/8
+/// at 224, ViT-g widths), far below what would exhaust memory from a crafted config.
+const MAX_PATCH: usize = 64;
+const MAX_IMG_SIZE: usize = 4096;
+const MAX_DEPTH: usize = 64;
+const MAX_WIDTH: usize = 8192;
+const MAX_HEADS: usize = 128;
+const MAX_IN_CHANS: usize = 16;
+const MAX_MLP_RATIO: f64 = 16.0;
+/// Bounds of [`HeadConfig::validate`] (the official out_dim is 65536).
+const MAX_HEAD_DIM: usize = 1 << 18;
+const MAX_HEAD_LAYERS: usize = 16;
+
 /// The official ViT's settings that no preset changes.
 const IN_CHANS: usize = 3;
 const MLP_RATIO: f64 = 4.0;
@@ -109,11 +122,31 @@ impl VitConfig {
         self
     }
 
-    /// Checks the invariants every consumer relies on.
+    /// Checks the invariants every consumer relies on, and ranges that bound what a file
+    /// can make a tool allocate (configs travel inside checkpoints and models).
     pub fn validate(&self) -> Result<(), CoreError> {
         let bad = |why: String| Err(CoreError::InvalidConfig(why));
         if self.patch_size == 0 || self.img_size == 0 || self.depth == 0 || self.num_heads == 0 {
             return bad("patch_size, img_size, depth and num_heads must be positive".into());
+        }
+        for (name, v, max) in [
+            ("patch_size", self.patch_size, MAX_PATCH),
+            ("img_size", self.img_size, MAX_IMG_SIZE),
+            ("depth", self.depth, MAX_DEPTH),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("num_heads", self.num_heads, MAX_HEADS),
+            ("in_chans", self.in_chans, MAX_IN_CHANS),
+        ] {
+            if v == 0 || v > max {
+                return bad(format!("{name} {v} is outside 1 to {max}"));
+            }
+        }
+        let positive = |v: f64, max: f64| v.is_finite() && v > 0.0 && v <= max;
+        if !positive(self.mlp_ratio, MAX_MLP_RATIO) || !positive(self.layer_norm_eps, 1.0) {
+            return bad(format!(
+                "mlp_ratio {} must be in (0, {MAX_MLP_RATIO}] and layer_norm_eps {} in (0, 1]",
+                self.mlp_ratio, self.layer_norm_eps
+            ));
         }
         if !self.img_size.is_multiple_of(self.patch_size) {
             return bad(format!(
@@ -216,6 +249,19 @@ impl HeadConfig {
                 "head nlayers, out_dim and bottleneck_dim must be positive".into(),
             ));
         }
+        for (name, v, max) in [
+            ("in_dim", self.in_dim, MAX_WIDTH),
+            ("out_dim", self.out_dim, MAX_HEAD_DIM),
+            ("hidden_dim", self.hidden_dim, MAX_HEAD_DIM),
+            ("bottleneck_dim", self.bottleneck_dim, MAX_HEAD_DIM),
+            ("nlayers", self.nlayers, MAX_HEAD_LAYERS),
+        ] {
+            if v > max {
+                return Err(CoreError::InvalidConfig(format!(
+                    "head {name} {v} is above {max}"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -247,6 +293,35 @@ impl EvalTransform {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crafted_sizes_are_refused() {
+        let ok = VitConfig::preset("vit_base", 8).unwrap();
+        assert!(ok.validate().is_ok());
+        for (f, v) in [
+            ("depth", 100_000),
+            ("embed_dim", 1 << 30),
+            ("img_size", 1 << 20),
+            ("patch_size", 1024),
+        ] {
+            let mut c = ok.clone();
+            match f {
+                "depth" => c.depth = v,
+                "embed_dim" => c.embed_dim = v,
+                "img_size" => c.img_size = v,
+                _ => c.patch_size = v,
+            }
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(f), "{f}: {e}");
+        }
+        let mut c = ok.clone();
+        c.mlp_ratio = f64::NAN;
+        assert!(c.validate().is_err());
+        let mut h = HeadConfig::new(768, 65536);
+        assert!(h.validate().is_ok());
+        h.out_dim = 1 << 40;
+        assert!(h.validate().unwrap_err().to_string().contains("out_dim"));
+    }
 
     #[test]
     fn presets_have_official_widths() {

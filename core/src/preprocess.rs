@@ -246,11 +246,14 @@ pub fn crop_offset(size: u32, crop: u32) -> i64 {
     }
 }
 
+/// Largest resize and crop side a transform may ask for (a model's input is at most this).
+pub const MAX_SIDE: usize = 4096;
+
 /// Checks that a transform can be applied.
 pub fn validate(t: &EvalTransform) -> Result<(), CoreError> {
-    if t.resize_size == 0 || t.crop_size == 0 {
+    if !(1..=MAX_SIDE).contains(&t.resize_size) || !(1..=MAX_SIDE).contains(&t.crop_size) {
         return Err(CoreError::InvalidConfig(format!(
-            "eval transform: resize_size {} and crop_size {} must be positive",
+            "eval transform: resize_size {} and crop_size {} must be 1 to {MAX_SIDE}",
             t.resize_size, t.crop_size
         )));
     }
