@@ -7,7 +7,8 @@
 //! The digest is XXH3-128 (fast enough to stay within dino-run's cold-start budget; this
 //! guards against damage and mix-ups, not against someone who can rewrite the file) over
 //! the top-level fields of the `ModelProto` in file order, each as stored (key and
-//! payload), except `metadata_props`, where the digest itself lives.
+//! payload), except the one `metadata_props` entry that holds the digest itself: the
+//! preprocessing the metadata describes is as protected as the weights.
 
 use std::path::Path;
 
@@ -120,17 +121,17 @@ pub fn scan(model: &[u8]) -> Result<Scan, String> {
     let mut recorded = None;
     for f in fields(model) {
         let f = f?;
-        if f.number != MODEL_METADATA_PROPS {
-            h.update(f.raw);
-            continue;
-        }
-        let (k, v) = entry(f.payload)?;
-        if k == META_CONTENT_DIGEST {
-            if recorded.is_some() {
-                return Err(format!("`{META_CONTENT_DIGEST}` appears twice"));
+        if f.number == MODEL_METADATA_PROPS {
+            let (k, v) = entry(f.payload)?;
+            if k == META_CONTENT_DIGEST {
+                if recorded.is_some() {
+                    return Err(format!("`{META_CONTENT_DIGEST}` appears twice"));
+                }
+                recorded = Some(v);
+                continue;
             }
-            recorded = Some(v);
         }
+        h.update(f.raw);
     }
     Ok(Scan {
         digest: format!("{:032x}", h.digest128()),
@@ -212,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_covers_all_but_metadata() {
+    fn the_digest_covers_all_but_itself() {
         let mut m = model();
         let before = scan(&m).unwrap();
         assert_eq!(before.recorded, None);
@@ -228,6 +229,13 @@ mod tests {
         let s = scan(&m).unwrap();
         assert_ne!(s.digest, before.digest);
         assert_eq!(s.recorded.as_deref(), Some(before.digest.as_str()));
+
+        // So is a changed metadata value.
+        let mut m2 = model();
+        append_digest(&mut m2).unwrap();
+        let at = m2.windows(9).position(|w| w == b"vit_small").unwrap();
+        m2[at + 4] = b'S';
+        assert_ne!(scan(&m2).unwrap().digest, before.digest);
     }
 
     #[test]

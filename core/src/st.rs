@@ -21,6 +21,9 @@ pub const META_HEAD: &str = "dino_rs.head";
 pub const META_EVAL: &str = "dino_rs.eval";
 pub const META_VERSION: &str = "dino_rs.version";
 pub const FORMAT_V1: &str = "dino-rs/1";
+/// XXH3-128 of every tensor (see [`content_digest`]): safetensors has no checksum, and a
+/// flipped weight byte must not export, resume or embed silently.
+pub const META_CONTENT_DIGEST: &str = "dino_rs.content_xxh3";
 
 /// What a file holds, which decides the key prefixes inside it.
 pub const KIND_BACKBONE: &str = "backbone";
@@ -140,11 +143,32 @@ impl StFile {
                 (k, t)
             })
             .collect();
-        Ok(Self {
+        let file = Self {
             path: path.to_path_buf(),
             metadata: meta.metadata().clone().unwrap_or_default(),
             tensors,
-        })
+        };
+        file.verify()?;
+        Ok(file)
+    }
+
+    /// Recomputes the content digest a dino-rs file records (files without one, such as
+    /// foreign safetensors, have nothing to check).
+    fn verify(&self) -> Result<(), CoreError> {
+        let Some(recorded) = self.metadata.get(META_CONTENT_DIGEST) else {
+            return Ok(());
+        };
+        let actual = content_digest(&self.metadata, &self.tensors);
+        if *recorded != actual {
+            return Err(CoreError::Format {
+                path: self.path.clone(),
+                why: format!(
+                    "the file is damaged: its content digests to {actual}, it was written with \
+                     {recorded}"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// A required metadata string.
@@ -240,13 +264,47 @@ fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("configs serialise to JSON")
 }
 
+/// XXH3-128 over the metadata (but the digest itself) in key order, each key and value
+/// followed by a zero byte, then the tensors in name order: each name, a zero byte, its
+/// dtype, its shape and its data length as u64 little-endian, its data.
+pub fn content_digest(
+    metadata: &HashMap<String, String>,
+    tensors: &BTreeMap<String, RawTensor>,
+) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let meta: BTreeMap<_, _> = metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != META_CONTENT_DIGEST)
+        .collect();
+    for (k, v) in meta {
+        for part in [k, v] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+    }
+    for (name, t) in tensors {
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(format!("{:?}", t.dtype).as_bytes());
+        for d in &t.shape {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        h.update(&(t.data.len() as u64).to_le_bytes());
+        h.update(&t.data);
+    }
+    format!("{:032x}", h.digest128())
+}
+
 /// Writes `tensors` with `metadata` to `path` atomically: a temporary file in the same
-/// folder, fsync, then rename over the destination.
+/// folder, fsync, then rename over the destination. The content digest is (re)computed
+/// here, whatever `metadata` holds.
 pub fn write_atomic(
     path: &Path,
     tensors: &BTreeMap<String, RawTensor>,
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<(), CoreError> {
+    let digest = content_digest(&metadata, tensors);
+    metadata.insert(META_CONTENT_DIGEST.into(), digest);
     let views = tensors
         .iter()
         .map(|(k, t)| {
@@ -395,6 +453,33 @@ mod tests {
             assert!(ensure_distinct(&a, &link).is_err());
         }
         assert!(ensure_distinct(&a, &dir.join("b.bin")).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn flipped_tensor_bytes_are_found() {
+        let dir = std::env::temp_dir().join(format!("dino-st-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        let mut t = BTreeMap::new();
+        t.insert(
+            "a".to_string(),
+            RawTensor::from_f32(vec![4], &[1.0, 2.0, 3.0, 4.0]),
+        );
+        let vit = VitConfig::preset("vit_tiny", 16).unwrap();
+        write_atomic(
+            &path,
+            &t,
+            backbone_metadata(&vit, None, None, KIND_BACKBONE),
+        )
+        .unwrap();
+        assert_eq!(StFile::read(&path).unwrap().tensors, t);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0x01; // inside the data of `a`
+        std::fs::write(&path, &bytes).unwrap();
+        let e = StFile::read(&path).unwrap_err().to_string();
+        assert!(e.contains("damaged") && e.contains("w.safetensors"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
