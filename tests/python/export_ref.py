@@ -6,7 +6,7 @@ official `interpolate_pos_encoding`: bicubic with scale_factor (w0 + 0.1) / sqrt
 
   weights --arch A --patch P [--img-size S] --seed N --out W.safetensors [--kind K] [--eval JSON]
       seeded weights with the official keys, written with the dino-rs metadata
-  pth --layout backbone|checkpoint --arch A --patch P --seed N --out F.pth
+  pth --layout backbone|checkpoint --arch A --patch P --seed N --out F.pth [--half]
       the same kind of weights saved with torch.save in the official layouts
   check MODEL.onnx...
       onnx.checker.check_model(full_check=True) on each file
@@ -52,6 +52,8 @@ def cmd_pth(a):
     # dtype handling: the bytes on disk differ, the values must not.
     sd["pos_embed"] = sd["pos_embed"].transpose(1, 2).contiguous().transpose(1, 2)
     sd["norm.weight"] = sd["norm.weight"].half()
+    if a.half:
+        sd = collections.OrderedDict((k, v.half()) for k, v in sd.items())
     if a.layout == "backbone":
         obj = collections.OrderedDict(sd)
     else:
@@ -156,6 +158,7 @@ def main():
     w.add_argument("--kind", default="backbone")
     w.add_argument("--eval")
     p.add_argument("--layout", choices=["backbone", "checkpoint"], required=True)
+    p.add_argument("--half", action="store_true", help="every weight in float16 (smaller files)")
     c = sub.add_parser("check")
     c.add_argument("models", nargs="+")
     r = sub.add_parser("compare")
