@@ -98,16 +98,14 @@ pub fn build(cfg: &VitConfig, w: &Weights, opts: &GraphOptions) -> Result<Graph,
         let cls_only = i + 1 == cfg.depth && !all_tokens;
         (x, attn) = block(&mut g, cfg, w, i, &x, t, cls_only)?;
         if i >= probe_from {
-            cls.push(match cls_only {
-                true => x.clone(),
-                false => cls_row(
-                    &mut g,
-                    &x,
-                    t,
-                    cfg.embed_dim,
-                    &format!("blocks.{i}/probe_cls"),
-                ),
-            });
+            // A CLS-only last block already returns the `[batch, D]` CLS rows.
+            let name = format!("blocks.{i}/probe_cls");
+            let row = if cls_only {
+                x.clone()
+            } else {
+                cls_row(&mut g, &x, t, cfg.embed_dim, &name)
+            };
+            cls.push(row);
         }
     }
     let normed = final_outputs(&mut g, cfg, w, opts, &x, &attn, t)?;
