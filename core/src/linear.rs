@@ -3,9 +3,12 @@
 //! trained on, so that `dino-export --linear-head` and the runtime need nothing else.
 //!
 //! Features (the official `LinearClassifier` input): the final-normed CLS tokens of the
-//! last `n_last_blocks` blocks, concatenated in block order, then, with
-//! `avgpool_patchtokens`, the mean of the last block's normed patch tokens. The file holds
-//! `linear.weight` `float32 [num_classes, feat_dim]` and `linear.bias` `[num_classes]`.
+//! last `n_last_blocks` blocks, concatenated in block order. With `avgpool_patchtokens`,
+//! the official code pairs that vector with the mean of the last block's normed patch
+//! tokens along a new last axis and flattens, so the two are INTERLEAVED value by value
+//! (`[cls_0, mean_0, cls_1, mean_1, ...]`); the pairing is only defined for
+//! `n_last_blocks` 1 (`dino-export` refuses more). The file holds `linear.weight`
+//! `float32 [num_classes, feat_dim]` and `linear.bias` `[num_classes]`.
 
 use std::collections::BTreeMap;
 use std::path::Path;

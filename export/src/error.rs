@@ -21,6 +21,12 @@ pub enum ExportError {
     MissingKey { path: PathBuf, key: String },
     #[error("{path}: {why}")]
     Weights { path: PathBuf, why: String },
+    #[error("{head}: this linear head does not fit the backbone {backbone}: {why}")]
+    LinearMismatch {
+        head: PathBuf,
+        backbone: PathBuf,
+        why: String,
+    },
     #[error("{0}")]
     Options(String),
     #[error("{path}: cannot write: {source}")]

@@ -8,14 +8,15 @@ pub mod error;
 pub mod load;
 pub mod meta;
 pub mod onnx;
+pub mod probe;
 pub mod vit;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use prost::Message;
 
 use dino_core::onnx_digest::append_digest;
-use dino_core::onnx_meta::fingerprint;
+use dino_core::onnx_meta::{OUTPUT_LOGITS, fingerprint};
 use dino_core::st::write_bytes_atomic;
 
 pub use error::ExportError;
@@ -47,6 +48,8 @@ pub struct ExportOptions {
     pub outputs: Outputs,
     pub opset: i64,
     pub precision: Precision,
+    /// A linear probe (`dino-train linear`) of this backbone: adds the `logits` output.
+    pub linear_head: Option<PathBuf>,
 }
 
 impl Default for ExportOptions {
@@ -56,6 +59,7 @@ impl Default for ExportOptions {
             outputs: Outputs::default(),
             opset: onnx::DEFAULT_OPSET,
             precision: Precision::Fp32,
+            linear_head: None,
         }
     }
 }
@@ -80,6 +84,9 @@ pub fn export(
 ) -> Result<ExportSummary, ExportError> {
     check_destination(to)?;
     dino_core::st::ensure_distinct(checkpoint, to)?;
+    if let Some(head) = &opts.linear_head {
+        dino_core::st::ensure_distinct(head, to)?;
+    }
     let backbone = load::load_backbone(checkpoint)?;
     export_backbone(&backbone, to, opts)
 }
@@ -107,36 +114,33 @@ pub fn check_destination(to: &Path) -> Result<(), ExportError> {
     Ok(())
 }
 
+/// Exports an already loaded backbone (see [`export`]).
 pub fn export_backbone(
     b: &Backbone,
     to: &Path,
     opts: &ExportOptions,
 ) -> Result<ExportSummary, ExportError> {
     let vit = &b.vit;
-    let img_size = opts.img_size.unwrap_or(vit.img_size);
-    if img_size == 0 || !img_size.is_multiple_of(vit.patch_size) {
-        return Err(ExportError::Options(format!(
-            "--img-size {img_size} must be a positive multiple of the patch size {}",
-            vit.patch_size
-        )));
-    }
-    if !(onnx::MIN_OPSET..=onnx::MAX_OPSET).contains(&opts.opset) {
-        return Err(ExportError::Options(format!(
-            "--opset {} is not supported (choose {} to {})",
-            opts.opset,
-            onnx::MIN_OPSET,
-            onnx::MAX_OPSET
-        )));
-    }
+    let img_size = check_options(vit, opts)?;
     let float = match opts.precision {
         Precision::Fp32 => Float::F32,
         Precision::Fp16 => Float::F16,
+    };
+    let fp = fingerprint(
+        b.tensors
+            .iter()
+            .map(|(k, t)| (k.as_str(), t.data.as_slice())),
+    );
+    let head = match &opts.linear_head {
+        Some(p) => Some(probe::load(p, &b.path, vit, &fp)?),
+        None => None,
     };
     let gopts = vit::GraphOptions {
         img_size,
         outputs: opts.outputs,
         opset: opts.opset,
         float,
+        linear: head.as_ref(),
     };
     let weights = vit::Weights {
         path: &b.path,
@@ -144,39 +148,20 @@ pub fn export_backbone(
     };
     let graph = vit::build(vit, &weights, &gopts)?;
     let nodes = graph.node_count();
-    let fp = fingerprint(
-        b.tensors
-            .iter()
-            .map(|(k, t)| (k.as_str(), t.data.as_slice())),
-    );
     let eval = meta::eval_for(b.eval.as_ref(), img_size);
-    let outputs = opts.outputs.names();
-    let model = ModelProto {
-        ir_version: onnx::ir_version_for(opts.opset),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: opts.opset,
-        }],
-        producer_name: "dino-rs".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        domain: String::new(),
-        model_version: 1,
-        doc_string: format!(
-            "DINO {} /{} backbone at {img_size}px ({}); input `image` float32 [batch, {}, {img_size}, {img_size}] normalised with mean/std",
-            vit.arch,
-            vit.patch_size,
-            opts.precision.name(),
-            vit.in_chans
-        ),
-        graph: Some(graph.into_proto("dino_vit")),
-        metadata_props: meta::props(&meta::ModelMeta {
-            vit,
-            eval: &eval,
-            fingerprint: &fp,
-            outputs: &outputs,
-            precision: opts.precision.name(),
-        }),
-    };
+    let mut outputs = opts.outputs.names();
+    if head.is_some() {
+        outputs.push(OUTPUT_LOGITS);
+    }
+    let props = meta::props(&meta::ModelMeta {
+        vit,
+        eval: &eval,
+        fingerprint: &fp,
+        outputs: &outputs,
+        precision: opts.precision.name(),
+        linear: head.as_ref().map(|h| &h.config),
+    });
+    let model = model_proto(vit, opts, img_size, graph, props);
     let len = model.encoded_len();
     if len >= i32::MAX as usize {
         return Err(ExportError::Options(format!(
@@ -199,4 +184,53 @@ pub fn export_backbone(
         fingerprint: fp,
         outputs,
     })
+}
+
+/// The input size (checked against the patch size) after checking the opset.
+fn check_options(vit: &dino_core::VitConfig, opts: &ExportOptions) -> Result<usize, ExportError> {
+    let img_size = opts.img_size.unwrap_or(vit.img_size);
+    if img_size == 0 || !img_size.is_multiple_of(vit.patch_size) {
+        return Err(ExportError::Options(format!(
+            "--img-size {img_size} must be a positive multiple of the patch size {}",
+            vit.patch_size
+        )));
+    }
+    if !(onnx::MIN_OPSET..=onnx::MAX_OPSET).contains(&opts.opset) {
+        return Err(ExportError::Options(format!(
+            "--opset {} is not supported (choose {} to {})",
+            opts.opset,
+            onnx::MIN_OPSET,
+            onnx::MAX_OPSET
+        )));
+    }
+    Ok(img_size)
+}
+
+fn model_proto(
+    vit: &dino_core::VitConfig,
+    opts: &ExportOptions,
+    img_size: usize,
+    graph: onnx::graph::Graph,
+    metadata_props: Vec<onnx::proto::StringStringEntryProto>,
+) -> ModelProto {
+    ModelProto {
+        ir_version: onnx::ir_version_for(opts.opset),
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opts.opset,
+        }],
+        producer_name: "dino-rs".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        domain: String::new(),
+        model_version: 1,
+        doc_string: format!(
+            "DINO {} /{} backbone at {img_size}px ({}); input `image` float32 [batch, {}, {img_size}, {img_size}] normalised with mean/std",
+            vit.arch,
+            vit.patch_size,
+            opts.precision.name(),
+            vit.in_chans
+        ),
+        graph: Some(graph.into_proto("dino_vit")),
+        metadata_props,
+    }
 }

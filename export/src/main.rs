@@ -15,6 +15,8 @@ Examples:
   dino-export --checkpoint runs/cifar/checkpoint.safetensors --to model.onnx \\
       --outputs patch_tokens,attention --img-size 64
   dino-export --checkpoint teacher.safetensors --to model-fp16.onnx --precision fp16
+  dino-export --checkpoint teacher.safetensors --linear-head linear.safetensors \
+      --to classifier.onnx          (adds `logits`; then: dino-run classify --model classifier.onnx photo.jpg)
   dino-export import dino_deitsmall16_pretrain.pth --arch vit_small --patch-size 16 \\
       --to teacher.safetensors
   dino-export import checkpoint.pth --to teacher.safetensors      (the `teacher` entry)
@@ -22,7 +24,8 @@ Examples:
 The model's input is `image`, float32 [batch, 3, S, S] (S = --img-size), already resized,
 cropped and normalised as the `dino_rs.eval` metadata says. Its outputs are float32:
 `embedding` [batch, D], `patch_tokens` [batch, N, D], `attention` [batch, heads, N],
-with N = (S / patch)^2. With --precision fp16 the weights and arithmetic are float16, and
+with N = (S / patch)^2, and with --linear-head `logits` [batch, classes] (the probe's class
+names and feature recipe are in the `dino_rs.linear` metadata). With --precision fp16 the weights and arithmetic are float16, and
 the input and outputs stay float32 (cast inside the graph).";
 
 #[derive(Parser)]
@@ -57,6 +60,10 @@ struct Cli {
     /// Weight and arithmetic precision; input and outputs are float32 in both cases.
     #[arg(long, value_enum, default_value = "fp32")]
     precision: PrecisionArg,
+    /// A linear probe of this backbone (`dino-train linear`): adds the `logits` output,
+    /// computed from the same forward pass, so `dino-run classify` needs no gallery.
+    #[arg(long, value_name = "linear.safetensors")]
+    linear_head: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -102,6 +109,7 @@ fn main() -> Result<()> {
             PrecisionArg::Fp32 => Precision::Fp32,
             PrecisionArg::Fp16 => Precision::Fp16,
         },
+        linear_head: cli.linear_head,
     };
     let start = Instant::now();
     let s = export(&checkpoint, &to, &opts)

@@ -1,5 +1,6 @@
 //! `metadata_props` that make an exported model self-describing for `dino-run`.
 
+use dino_core::linear::{LinearHeadConfig, META_LINEAR};
 use dino_core::onnx_meta as m;
 use dino_core::{EvalTransform, VitConfig};
 
@@ -25,11 +26,19 @@ pub struct ModelMeta<'a> {
     pub fingerprint: &'a str,
     pub outputs: &'a [&'a str],
     pub precision: &'a str,
+    /// The probe behind the `logits` output, if any.
+    pub linear: Option<&'a LinearHeadConfig>,
 }
 
 pub fn props(meta: &ModelMeta) -> Vec<StringStringEntryProto> {
     let list = |v: &[f32; 3]| v.map(|x| x.to_string()).join(",");
     let e = meta.eval;
+    let linear = meta.linear.map(|c| {
+        (
+            META_LINEAR,
+            serde_json::to_string(c).expect("LinearHeadConfig is JSON"),
+        )
+    });
     [
         (
             m::META_VIT,
@@ -52,6 +61,7 @@ pub fn props(meta: &ModelMeta) -> Vec<StringStringEntryProto> {
         (m::META_STD, list(&e.std)),
     ]
     .into_iter()
+    .chain(linear)
     .map(|(key, value)| StringStringEntryProto {
         key: key.to_string(),
         value,

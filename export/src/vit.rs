@@ -10,19 +10,27 @@
 //!   CLS (no Shape/Expand/Concat to broadcast CLS over the batch);
 //! - the attention scale is folded into the query rows of the qkv weight (an exact power
 //!   of two for every preset: head_dim 64);
-//! - without `patch_tokens`, the final norm runs on the CLS row only.
+//! - without `patch_tokens` (or a probe's patch mean), the last block and the final norm
+//!   run on the CLS row only.
+//!
+//! A linear probe's `logits` are built in [`crate::probe`] from the CLS rows this
+//! collects.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use dino_core::VitConfig;
-use dino_core::onnx_meta::{INPUT_IMAGE, OUTPUT_ATTENTION, OUTPUT_EMBEDDING, OUTPUT_PATCH_TOKENS};
+use dino_core::linear::LinearHead;
+use dino_core::onnx_meta::{
+    INPUT_IMAGE, OUTPUT_ATTENTION, OUTPUT_EMBEDDING, OUTPUT_LOGITS, OUTPUT_PATCH_TOKENS,
+};
 use dino_core::pos_embed::interpolate_pos_embed;
 use dino_core::st::RawTensor;
 
 use crate::error::ExportError;
 use crate::onnx::graph::{Dim, Float, Graph, attr_float, attr_int, attr_ints};
 use crate::onnx::proto::data_type;
+use crate::probe;
 
 /// Which optional outputs the graph has (`embedding` is always there).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,11 +53,13 @@ impl Outputs {
 }
 
 #[derive(Clone, Debug)]
-pub struct GraphOptions {
+pub struct GraphOptions<'a> {
     pub img_size: usize,
     pub outputs: Outputs,
     pub opset: i64,
     pub float: Float,
+    /// A linear probe whose class scores become the `logits` output.
+    pub linear: Option<&'a LinearHead>,
 }
 
 /// Backbone tensors (official names, no prefix) already checked against the config.
@@ -73,31 +83,75 @@ impl Weights<'_> {
 
 /// Builds the whole graph: input `image`, outputs as requested.
 pub fn build(cfg: &VitConfig, w: &Weights, opts: &GraphOptions) -> Result<Graph, ExportError> {
-    let (d, p, img) = (cfg.embed_dim, cfg.patch_size, opts.img_size);
-    let t = (img / p) * (img / p) + 1;
+    let t = (opts.img_size / cfg.patch_size).pow(2) + 1;
     let mut g = Graph::new(opts.opset, opts.float);
-    let batch = Dim::Named("batch");
-    g.input(
-        INPUT_IMAGE,
-        data_type::FLOAT,
-        &[
-            batch.clone(),
-            Dim::Fixed(cfg.in_chans),
-            Dim::Fixed(img),
-            Dim::Fixed(img),
-        ],
-    );
-    let mut x = INPUT_IMAGE.to_string();
-    if opts.float == Float::F16 {
-        x = g.node(
+    let x = image_input(&mut g, cfg, opts.img_size);
+    let mut x = embed_tokens(&mut g, cfg, w, &x, opts.img_size)?;
+    let avgpool = opts.linear.is_some_and(|h| h.config.avgpool_patchtokens);
+    // The last block computes every token only when some output needs them.
+    let all_tokens = opts.outputs.patch_tokens || avgpool;
+    let probe_from = opts.linear.map_or(usize::MAX, |h| {
+        cfg.depth.saturating_sub(h.config.n_last_blocks)
+    });
+    let (mut attn, mut cls) = (String::new(), Vec::new());
+    for i in 0..cfg.depth {
+        let cls_only = i + 1 == cfg.depth && !all_tokens;
+        (x, attn) = block(&mut g, cfg, w, i, &x, t, cls_only)?;
+        if i >= probe_from {
+            // A CLS-only last block already returns the `[batch, D]` CLS rows.
+            let name = format!("blocks.{i}/probe_cls");
+            let row = if cls_only {
+                x.clone()
+            } else {
+                cls_row(&mut g, &x, t, cfg.embed_dim, &name)
+            };
+            cls.push(row);
+        }
+    }
+    let normed = final_outputs(&mut g, cfg, w, opts, &x, &attn, t)?;
+    if let Some(h) = opts.linear {
+        let out = internal_name(&g, OUTPUT_LOGITS);
+        let layers = probe::Layers {
+            cls: &cls,
+            normed: normed.as_deref(),
+            tokens: t,
+        };
+        probe::logits(&mut g, cfg, w, h, &layers, &out)?;
+    }
+    declare_outputs(&mut g, cfg, opts, t);
+    Ok(g)
+}
+
+/// The `image` input, cast to float16 for an fp16 graph.
+fn image_input(g: &mut Graph, cfg: &VitConfig, img: usize) -> String {
+    let dims = [
+        Dim::Named("batch"),
+        Dim::Fixed(cfg.in_chans),
+        Dim::Fixed(img),
+        Dim::Fixed(img),
+    ];
+    g.input(INPUT_IMAGE, data_type::FLOAT, &dims);
+    match g.float {
+        Float::F32 => INPUT_IMAGE.to_string(),
+        Float::F16 => g.node(
             "Cast",
             "image_fp16",
-            &[&x],
+            &[INPUT_IMAGE],
             vec![attr_int("to", data_type::FLOAT16 as i64)],
-        );
+        ),
     }
+}
 
-    // Patch embedding, CLS and position embedding.
+/// Patch embedding, CLS and position embedding: the `[batch * T, D]` tokens.
+fn embed_tokens(
+    g: &mut Graph,
+    cfg: &VitConfig,
+    w: &Weights,
+    image: &str,
+    img: usize,
+) -> Result<String, ExportError> {
+    let (d, p) = (cfg.embed_dim, cfg.patch_size);
+    let t = (img / p) * (img / p) + 1;
     let pw = g.weight(
         "patch_embed.proj.weight",
         &[d, cfg.in_chans, p, p],
@@ -105,7 +159,7 @@ pub fn build(cfg: &VitConfig, w: &Weights, opts: &GraphOptions) -> Result<Graph,
     );
     let k = [p as i64, p as i64];
     let conv_attrs = vec![attr_ints("kernel_shape", &k), attr_ints("strides", &k)];
-    x = g.node("Conv", "patch_embed/proj", &[&x, &pw], conv_attrs);
+    let mut x = g.node("Conv", "patch_embed/proj", &[image, &pw], conv_attrs);
     let s = g.ints(&[0, d as i64, -1], false);
     x = g.node("Reshape", "patch_embed/flatten", &[&x, &s], vec![]);
     let pads = g.ints(&[0, 0, 1, 0, 0, 0], false);
@@ -129,52 +183,67 @@ pub fn build(cfg: &VitConfig, w: &Weights, opts: &GraphOptions) -> Result<Graph,
     );
     x = g.node("Add", "patch_embed/add_cls_pos", &[&x, &tk], vec![]);
     let s = g.ints(&[-1, d as i64], false);
-    x = g.node("Reshape", "tokens_2d", &[&x, &s], vec![]);
+    Ok(g.node("Reshape", "tokens_2d", &[&x, &s], vec![]))
+}
 
-    let mut attn = String::new();
-    for i in 0..cfg.depth {
-        let cls_only = i + 1 == cfg.depth && !opts.outputs.patch_tokens;
-        (x, attn) = block(&mut g, cfg, w, i, &x, t, cls_only)?;
-    }
-
-    // Final norm and outputs.
+/// The final norm and the `embedding`, `patch_tokens` and `attention` values (before
+/// any fp16 cast). Returns the normed tokens `[batch, T, D]` when the last block
+/// computed all of them (`x` is then `[batch * T, D]`, else the CLS rows `[batch, D]`).
+fn final_outputs(
+    g: &mut Graph,
+    cfg: &VitConfig,
+    w: &Weights,
+    opts: &GraphOptions,
+    x: &str,
+    attn: &str,
+    t: usize,
+) -> Result<Option<String>, ExportError> {
     let eps = cfg.layer_norm_eps as f32;
-    let tokens3 = g.ints(&[-1, t as i64, d as i64], false);
     let zero = g.ints(&[0], true);
-    let axis1 = vec![attr_int("axis", 1)];
-    let emb_name = internal_name(&g, OUTPUT_EMBEDDING);
-    if opts.outputs.patch_tokens {
-        let y = layer_norm(&mut g, w, &x, "norm", eps, "norm")?;
+    let emb_name = internal_name(g, OUTPUT_EMBEDDING);
+    let all_tokens =
+        opts.outputs.patch_tokens || opts.linear.is_some_and(|h| h.config.avgpool_patchtokens);
+    let mut normed = None;
+    if all_tokens {
+        let y = layer_norm(g, w, x, "norm", eps, "norm")?;
+        let tokens3 = g.ints(&[-1, t as i64, cfg.embed_dim as i64], false);
         let y = g.node("Reshape", "norm/tokens", &[&y, &tokens3], vec![]);
-        g.node("Gather", &emb_name, &[&y, &zero], axis1);
-        let (start, end, axes) = (
-            g.ints(&[1], false),
-            g.ints(&[t as i64], false),
-            g.ints(&[1], false),
-        );
-        let name = internal_name(&g, OUTPUT_PATCH_TOKENS);
-        g.node("Slice", &name, &[&y, &start, &end, &axes], vec![]);
+        g.node("Gather", &emb_name, &[&y, &zero], vec![attr_int("axis", 1)]);
+        if opts.outputs.patch_tokens {
+            let name = internal_name(g, OUTPUT_PATCH_TOKENS);
+            patches(g, &y, t, 1, &name);
+        }
+        normed = Some(y);
     } else {
-        // The last block computed the CLS token only: `x` is [batch, D].
-        layer_norm(&mut g, w, &x, "norm", eps, &emb_name)?;
+        layer_norm(g, w, x, "norm", eps, &emb_name)?;
     }
     if opts.outputs.attention {
         let row = g.node(
             "Gather",
             "attention/cls_row",
-            &[&attn, &zero],
+            &[attn, &zero],
             vec![attr_int("axis", 2)],
         );
-        let (start, end, axes) = (
-            g.ints(&[1], false),
-            g.ints(&[t as i64], false),
-            g.ints(&[2], false),
-        );
-        let name = internal_name(&g, OUTPUT_ATTENTION);
-        g.node("Slice", &name, &[&row, &start, &end, &axes], vec![]);
+        let name = internal_name(g, OUTPUT_ATTENTION);
+        patches(g, &row, t, 2, &name);
     }
-    let n = t - 1;
-    let shapes: [(&str, bool, Vec<Dim>); 3] = [
+    Ok(normed)
+}
+
+/// Entries 1..T (the patches, without CLS) of `x` along `axis`.
+pub(crate) fn patches(g: &mut Graph, x: &str, t: usize, axis: i64, name: &str) -> String {
+    let (start, end, axes) = (
+        g.ints(&[1], false),
+        g.ints(&[t as i64], false),
+        g.ints(&[axis], false),
+    );
+    g.node("Slice", name, &[x, &start, &end, &axes], vec![])
+}
+
+/// Declares the requested outputs, float32 (cast from float16 in an fp16 graph).
+fn declare_outputs(g: &mut Graph, cfg: &VitConfig, opts: &GraphOptions, t: usize) {
+    let (d, n, batch) = (cfg.embed_dim, t - 1, Dim::Named("batch"));
+    let shapes: [(&str, bool, Vec<Dim>); 4] = [
         (OUTPUT_EMBEDDING, true, vec![batch.clone(), Dim::Fixed(d)]),
         (
             OUTPUT_PATCH_TOKENS,
@@ -184,15 +253,23 @@ pub fn build(cfg: &VitConfig, w: &Weights, opts: &GraphOptions) -> Result<Graph,
         (
             OUTPUT_ATTENTION,
             opts.outputs.attention,
-            vec![batch, Dim::Fixed(cfg.num_heads), Dim::Fixed(n)],
+            vec![batch.clone(), Dim::Fixed(cfg.num_heads), Dim::Fixed(n)],
+        ),
+        (
+            OUTPUT_LOGITS,
+            opts.linear.is_some(),
+            vec![
+                batch,
+                Dim::Fixed(opts.linear.map_or(0, |h| h.config.num_classes())),
+            ],
         ),
     ];
     for (name, wanted, dims) in shapes {
         if !wanted {
             continue;
         }
-        if opts.float == Float::F16 {
-            let src = internal_name(&g, name);
+        if g.float == Float::F16 {
+            let src = internal_name(g, name);
             g.node(
                 "Cast",
                 name,
@@ -202,7 +279,6 @@ pub fn build(cfg: &VitConfig, w: &Weights, opts: &GraphOptions) -> Result<Graph,
         }
         g.output(name, data_type::FLOAT, &dims);
     }
-    Ok(g)
 }
 
 /// The name a graph output has before the final fp16 -> fp32 cast (itself in fp32).
@@ -333,14 +409,14 @@ fn split_heads<const N: usize>(
 }
 
 /// Row 0 (the CLS token) of each image of `[batch * T, D]` tokens, as `[batch, D]`.
-fn cls_row(g: &mut Graph, x: &str, t: usize, d: usize, name: &str) -> String {
+pub(crate) fn cls_row(g: &mut Graph, x: &str, t: usize, d: usize, name: &str) -> String {
     let s = g.ints(&[-1, t as i64, d as i64], false);
     let x3 = g.node("Reshape", &format!("{name}/tokens"), &[x, &s], vec![]);
     let zero = g.ints(&[0], true);
     g.node("Gather", name, &[&x3, &zero], vec![attr_int("axis", 1)])
 }
 
-fn gemm(g: &mut Graph, name: &str, x: &str, w: &str, b: &str) -> String {
+pub(crate) fn gemm(g: &mut Graph, name: &str, x: &str, w: &str, b: &str) -> String {
     g.node("Gemm", name, &[x, w, b], vec![attr_int("transB", 1)])
 }
 
@@ -361,7 +437,7 @@ fn linear(
 }
 
 /// LayerNorm over the last axis: the opset-17 op, or its decomposition below 17.
-fn layer_norm(
+pub(crate) fn layer_norm(
     g: &mut Graph,
     w: &Weights,
     x: &str,

@@ -63,6 +63,14 @@ pub enum RuntimeError {
         gallery: String,
         model: String,
     },
+    #[error("the model returned {logits} class scores for {classes} class names")]
+    ClassCount { logits: usize, classes: usize },
+    #[error(
+        "{path}: cannot classify without a gallery: the model has no `logits` output; pass \
+         --gallery GALLERY.dgal (built by `dino-run index`), or export the model with a linear \
+         probe (`dino-export --linear-head linear.safetensors`)"
+    )]
+    NoClassifier { path: PathBuf },
     #[error("the embedding has dimension {embedding}, the gallery {gallery}")]
     DimensionMismatch { embedding: usize, gallery: usize },
     #[error(

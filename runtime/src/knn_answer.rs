@@ -1,17 +1,17 @@
-//! Answers against a gallery, the same for `dino-run classify`/`search` and the server's
-//! `/v1/classify` and `/v1/search`: the weighted k-NN vote of `dino_core::knn` and the
-//! nearest gallery rows.
-//!
-//! A model with a linear head (a `logits` output) would be one more [`ClassSource`]
-//! variant, ranked by softmax; callers only see [`ClassScore`]s.
+//! Answers of `dino-run classify`/`search` and the server's `/v1/classify` and
+//! `/v1/search`: classes by the weighted k-NN vote of `dino_core::knn` against a gallery
+//! or by the softmax of a linear probe's `logits`, and the nearest gallery rows. Callers
+//! only see [`ClassScore`]s, whatever the [`ClassSource`].
 
 use dino_core::knn;
+use dino_core::linear::LinearHeadConfig;
 use serde::Serialize;
 
 use crate::error::RuntimeError;
 use crate::gallery::Gallery;
 
-/// One class of a prediction; `share` is its part of the summed scores.
+/// One class of a prediction; `share` is its part of the summed scores (for a linear
+/// probe both are the softmax probability).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClassScore {
     pub class: String,
@@ -57,6 +57,8 @@ impl KnnParams {
 pub enum ClassSource<'a> {
     /// The weighted k-NN vote against a gallery.
     Knn(&'a Gallery, KnnParams),
+    /// The softmax of the model's `logits` (a linear probe exported with the backbone).
+    Linear(&'a LinearHeadConfig),
 }
 
 fn check_dim(g: &Gallery, embedding: &[f32]) -> Result<(), RuntimeError> {
@@ -70,13 +72,15 @@ fn check_dim(g: &Gallery, embedding: &[f32]) -> Result<(), RuntimeError> {
 }
 
 impl ClassSource<'_> {
-    /// The `topk` best classes of one L2-normalised embedding.
-    pub fn top(&self, embedding: &[f32], topk: usize) -> Result<Vec<ClassScore>, RuntimeError> {
+    /// The `topk` best classes of one image: `values` is its L2-normalised embedding for
+    /// [`ClassSource::Knn`], its `logits` for [`ClassSource::Linear`].
+    pub fn top(&self, values: &[f32], topk: usize) -> Result<Vec<ClassScore>, RuntimeError> {
         match self {
+            ClassSource::Linear(c) => linear_top(c, values, topk),
             ClassSource::Knn(g, p) => {
-                check_dim(g, embedding)?;
+                check_dim(g, values)?;
                 let kg = g.knn();
-                let neighbours = knn::nearest_neighbours(&kg, embedding, p.k);
+                let neighbours = knn::nearest_neighbours(&kg, values, p.k);
                 let ranked = knn::vote(&neighbours[0], kg.labels, kg.num_classes, p.temperature);
                 let total: f32 = ranked.iter().map(|c| c.1).sum();
                 Ok(ranked
@@ -92,6 +96,41 @@ impl ClassSource<'_> {
             }
         }
     }
+}
+
+/// Classes by softmax probability, best first (ties by class index).
+fn linear_top(
+    c: &LinearHeadConfig,
+    logits: &[f32],
+    topk: usize,
+) -> Result<Vec<ClassScore>, RuntimeError> {
+    if logits.len() != c.num_classes() {
+        return Err(RuntimeError::ClassCount {
+            logits: logits.len(),
+            classes: c.num_classes(),
+        });
+    }
+    let p = softmax(logits);
+    let mut order: Vec<usize> = (0..p.len()).collect();
+    order.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    Ok(order
+        .into_iter()
+        .take(topk)
+        .map(|i| ClassScore {
+            class: c.classes[i].clone(),
+            index: i,
+            score: p[i],
+            share: p[i],
+        })
+        .collect())
+}
+
+/// exp(x - max) / sum, so large logits do not overflow.
+fn softmax(x: &[f32]) -> Vec<f32> {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = x.iter().map(|&v| f64::from(v - m).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| (v / sum) as f32).collect()
 }
 
 /// The `topk` gallery images nearest to one L2-normalised embedding, best first; an error
@@ -116,4 +155,29 @@ pub fn nearest_images(
             similarity,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_ranks_by_softmax() {
+        let c = LinearHeadConfig {
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            embed_dim: 1,
+            n_last_blocks: 1,
+            avgpool_patchtokens: false,
+            backbone_fingerprint: String::new(),
+        };
+        let top = ClassSource::Linear(&c).top(&[1.0, 3.0, 2.0], 2).unwrap();
+        let names: Vec<_> = top.iter().map(|s| s.class.as_str()).collect();
+        assert_eq!(names, ["b", "c"]);
+        // softmax([1, 3, 2])[1] = e^3 / (e + e^3 + e^2)
+        let want = 3f32.exp() / (1f32.exp() + 3f32.exp() + 2f32.exp());
+        assert!((top[0].share - want).abs() < 1e-6, "{}", top[0].share);
+        assert!(ClassSource::Linear(&c).top(&[1.0; 4], 2).is_err());
+        let big = ClassSource::Linear(&c).top(&[1e4, 0.0, -1e4], 3).unwrap();
+        assert_eq!(big[0].share, 1.0);
+    }
 }

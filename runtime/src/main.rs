@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dino_core::image_io::{ImageFolder, load_rgb};
-use dino_core::onnx_meta::OUTPUT_ATTENTION;
+use dino_core::onnx_meta::{OUTPUT_ATTENTION, OUTPUT_EMBEDDING, OUTPUT_LOGITS};
 use dino_runtime::attention::{DEFAULT_THRESHOLD, check_threshold, montage_png};
 use dino_runtime::engine::{Engine, EngineOptions};
 use dino_runtime::gallery::{Gallery, GalleryHeader};
@@ -27,6 +27,8 @@ Examples:
   dino-run embed --model model.onnx photo.jpg other.png --json
   dino-run index --model model.onnx --images data/train --out gallery.dgal
   dino-run classify --model model.onnx --gallery gallery.dgal photo.jpg --k 20 --topk 5
+  dino-run classify --model classifier.onnx photo.jpg --topk 3   (a model exported with
+      --linear-head: softmax of its `logits`, no gallery needed)
   dino-run search --model model.onnx --gallery gallery.dgal photo.jpg --topk 5
   dino-run attention --model model.onnx photo.jpg --out attn.png
   dino-run serve --model model.onnx --gallery gallery.dgal --bind 127.0.0.1:8080
@@ -73,8 +75,10 @@ struct ModelArgs {
 struct GalleryArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// The gallery built by `dino-run index` with this model (required by `search`; for
+    /// `classify`, optional with a model exported with --linear-head, and preferred).
     #[arg(long, value_name = "GALLERY.dgal")]
-    gallery: PathBuf,
+    gallery: Option<PathBuf>,
     #[arg(required = true)]
     images: Vec<PathBuf>,
     /// JSON output: [{"image", "top" | "neighbours" | "error"}].
@@ -106,7 +110,9 @@ enum Command {
         #[arg(long, value_name = "GALLERY.dgal")]
         out: PathBuf,
     },
-    /// Classify images by the weighted k-NN vote against a gallery (as `dino-train knn`).
+    /// Classify images: with --gallery by the weighted k-NN vote against it (as
+    /// `dino-train knn`), without by the softmax of the model's `logits` (a linear probe
+    /// exported with `dino-export --linear-head`). --k and --temperature are the vote's.
     Classify {
         #[command(flatten)]
         query: GalleryArgs,
@@ -176,8 +182,7 @@ fn progress(len: usize, what: &str) -> ProgressBar {
 fn embed_all(
     model: &mut Model,
     paths: &[PathBuf],
-    batch: usize,
-    normalize: bool,
+    (batch, output, normalize): (usize, &'static str, bool),
     what: &str,
 ) -> Result<Vec<Embedded>> {
     let pb = (paths.len() > batch).then(|| progress(paths.len(), what));
@@ -188,6 +193,7 @@ fn embed_all(
         EmbedOptions {
             batch_size: batch,
             normalize,
+            output,
         },
         |i, r| {
             if let Err(e) = &r {
@@ -216,28 +222,46 @@ impl GalleryArgs {
         &self,
         cli: &Cli,
         key: &str,
-        (name, value, decimals): (&str, &str, usize),
+        columns: (&str, &str, usize),
         answer: impl Fn(&Gallery, &[f32]) -> Result<T, RuntimeError>,
     ) -> Result<bool> {
+        let path = self
+            .gallery
+            .as_ref()
+            .context("--gallery GALLERY.dgal is required (built by `dino-run index`)")?;
         let mut m = open_model(cli, &self.model.model)?;
-        let g = Gallery::read(&self.gallery)?;
-        g.check_fingerprint(&self.gallery, &m.info.fingerprint)?;
-        let results = embed_all(
-            &mut m,
-            &self.images,
-            self.model.batch_size,
-            true,
-            "embedding",
-        )?;
+        let g = Gallery::read(path)?;
+        g.check_fingerprint(path, &m.info.fingerprint)?;
+        let run = (self.model.batch_size, OUTPUT_EMBEDDING, true);
+        let results = embed_all(&mut m, &self.images, run, "embedding")?;
         let items = answer_each(&self.images, &results, key, |e| answer(&g, e))
-            .with_context(|| self.gallery.display().to_string())?;
-        print_items(&items, self.json, key, |c| {
-            format!(
-                "{} {:.decimals$}",
-                c[name].as_str().unwrap_or("?"),
-                c[value].as_f64().unwrap_or(0.0)
-            )
-        })?;
+            .with_context(|| path.display().to_string())?;
+        print_items(&items, self.json, key, columns)?;
+        Ok(results.iter().all(Result::is_ok))
+    }
+
+    /// `classify`: the k-NN vote with a gallery, else the model's linear probe.
+    fn classify(&self, cli: &Cli, p: KnnParams, topk: usize) -> Result<bool> {
+        const COLUMNS: (&str, &str, usize) = ("class", "share", 3);
+        if self.gallery.is_some() {
+            return self.answer(cli, "top", COLUMNS, |g, e| {
+                ClassSource::Knn(g, p).top(e, topk)
+            });
+        }
+        let mut m = open_model(cli, &self.model.model)?;
+        let Some(head) = m.info.linear.clone() else {
+            return Err(RuntimeError::NoClassifier {
+                path: self.model.model.clone(),
+            }
+            .into());
+        };
+        let run = (self.model.batch_size, OUTPUT_LOGITS, false);
+        let results = embed_all(&mut m, &self.images, run, "classifying")?;
+        let items = answer_each(&self.images, &results, "top", |l| {
+            ClassSource::Linear(&head).top(l, topk)
+        })
+        .with_context(|| self.model.model.display().to_string())?;
+        print_items(&items, self.json, "top", COLUMNS)?;
         Ok(results.iter().all(Result::is_ok))
     }
 }
@@ -259,13 +283,21 @@ fn answer_each<T: serde::Serialize>(
     Ok(items)
 }
 
-/// Prints JSON items, or per image a tab-separated line of `fields(entry)` over `key`.
+/// Prints JSON items, or per image a tab-separated line over the entries of `key`, each
+/// as its `name` and its `value` with `decimals` (the same for k-NN and linear answers).
 fn print_items(
     items: &[serde_json::Value],
     json: bool,
     key: &str,
-    fields: impl Fn(&serde_json::Value) -> String,
+    (name, value, decimals): (&str, &str, usize),
 ) -> Result<()> {
+    let fields = |c: &serde_json::Value| {
+        format!(
+            "{} {:.decimals$}",
+            c[name].as_str().unwrap_or("?"),
+            c[value].as_f64().unwrap_or(0.0)
+        )
+    };
     if json {
         println!("{}", serde_json::to_string(items)?);
         return Ok(());
@@ -274,7 +306,7 @@ fn print_items(
         let Some(list) = it[key].as_array() else {
             continue;
         };
-        let s: Vec<String> = list.iter().map(&fields).collect();
+        let s: Vec<String> = list.iter().map(fields).collect();
         println!("{}\t{}", it["image"].as_str().unwrap_or("?"), s.join("\t"));
     }
     Ok(())
@@ -288,7 +320,8 @@ fn cmd_embed(
     raw: bool,
 ) -> Result<bool> {
     let mut m = open_model(cli, &model.model)?;
-    let results = embed_all(&mut m, images, model.batch_size, !raw, "embedding")?;
+    let run = (model.batch_size, OUTPUT_EMBEDDING, !raw);
+    let results = embed_all(&mut m, images, run, "embedding")?;
     if json {
         let items = answer_each(images, &results, "embedding", |e| Ok(e.to_vec()))?;
         println!("{}", serde_json::to_string(&items)?);
@@ -307,7 +340,8 @@ fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<
     let folder = ImageFolder::scan(images)?;
     let mut m = open_model(cli, &model.model)?;
     let paths: Vec<PathBuf> = folder.samples.iter().map(|s| s.0.clone()).collect();
-    let results = embed_all(&mut m, &paths, model.batch_size, true, "indexing")?;
+    let run = (model.batch_size, OUTPUT_EMBEDDING, true);
+    let results = embed_all(&mut m, &paths, run, "indexing")?;
     let (mut labels, mut features, mut kept) = (Vec::new(), Vec::new(), Vec::new());
     for (r, s) in results.iter().zip(&folder.samples) {
         if let Ok(e) = r {
@@ -396,9 +430,7 @@ fn run(cli: &Cli) -> Result<bool> {
                 temperature: *temperature,
             };
             p.check().map_err(|why| anyhow::anyhow!("--{why}"))?;
-            query.answer(cli, "top", ("class", "share", 3), |g, e| {
-                ClassSource::Knn(g, p).top(e, *topk)
-            })
+            query.classify(cli, p, *topk)
         }
         Command::Search { query, topk } => {
             query.answer(cli, "neighbours", ("path", "similarity", 4), |g, e| {

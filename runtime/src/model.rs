@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use dino_core::linear::{LinearHeadConfig, META_LINEAR};
 use dino_core::onnx_meta as meta;
 use dino_core::{EvalTransform, VitConfig};
 use half::f16;
@@ -32,6 +33,8 @@ pub struct ModelInfo {
     pub outputs: Vec<String>,
     /// The graph takes and returns float16 (else float32).
     pub half_io: bool,
+    /// The linear probe behind the `logits` output, when the model has one.
+    pub linear: Option<LinearHeadConfig>,
 }
 
 impl ModelInfo {
@@ -48,10 +51,14 @@ impl ModelInfo {
             path: self.path.clone(),
             name: name.to_string(),
             available: self.outputs.join(", "),
-            hint: if name == meta::OUTPUT_ATTENTION {
-                "; export it with the attention output (dino-export --attention)"
-            } else {
-                ""
+            hint: match name {
+                meta::OUTPUT_ATTENTION => {
+                    "; export it with the attention output (dino-export --outputs attention)"
+                }
+                meta::OUTPUT_LOGITS => {
+                    "; export it with a linear probe (dino-export --linear-head linear.safetensors)"
+                }
+                _ => "",
             },
         })
     }
@@ -178,30 +185,94 @@ fn read_info(session: &Session, path: &Path) -> Result<ModelInfo, RuntimeError> 
     let md = session
         .metadata()
         .map_err(|e| RuntimeError::ort(path, "reading metadata_props", e))?;
-    let get = |key: &str| {
-        md.custom(key).ok_or_else(|| RuntimeError::MissingMetadata {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-        })
+    let custom = |key: &str| md.custom(key);
+    let m = read_meta(custom, path)?;
+    let half_io = half_input(session, path)?;
+    let outputs: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let linear = if outputs.iter().any(|o| o == meta::OUTPUT_LOGITS) {
+        Some(read_linear(custom, path, &m.vit)?)
+    } else {
+        None
     };
-    let bad = |key: &str, why: String| RuntimeError::BadMetadata {
+    let info = ModelInfo {
+        path: path.to_path_buf(),
+        vit: m.vit,
+        eval: m.eval,
+        fingerprint: m.fingerprint,
+        version: m.version,
+        outputs,
+        half_io,
+        linear,
+    };
+    info.require_output(meta::OUTPUT_EMBEDDING)?;
+    Ok(info)
+}
+
+/// The `dino_rs.*` keys every exported model has.
+struct Meta {
+    vit: VitConfig,
+    eval: EvalTransform,
+    fingerprint: String,
+    version: Option<String>,
+}
+
+fn missing(path: &Path, key: &str) -> RuntimeError {
+    RuntimeError::MissingMetadata {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+    }
+}
+
+fn bad(path: &Path, key: &str, why: String) -> RuntimeError {
+    RuntimeError::BadMetadata {
         path: path.to_path_buf(),
         key: key.to_string(),
         why,
-    };
+    }
+}
+
+fn read_meta(custom: impl Fn(&str) -> Option<String>, path: &Path) -> Result<Meta, RuntimeError> {
+    let get = |key: &str| custom(key).ok_or_else(|| missing(path, key));
     let vit: VitConfig = serde_json::from_str(&get(meta::META_VIT)?)
-        .map_err(|e| bad(meta::META_VIT, e.to_string()))?;
+        .map_err(|e| bad(path, meta::META_VIT, e.to_string()))?;
     let eval: EvalTransform = serde_json::from_str(&get(meta::META_EVAL)?)
-        .map_err(|e| bad(meta::META_EVAL, e.to_string()))?;
+        .map_err(|e| bad(path, meta::META_EVAL, e.to_string()))?;
     vit.validate()
-        .map_err(|e| bad(meta::META_VIT, e.to_string()))?;
-    dino_core::preprocess::validate(&eval).map_err(|e| bad(meta::META_EVAL, e.to_string()))?;
+        .map_err(|e| bad(path, meta::META_VIT, e.to_string()))?;
+    dino_core::preprocess::validate(&eval)
+        .map_err(|e| bad(path, meta::META_EVAL, e.to_string()))?;
     let fingerprint = get(meta::META_FINGERPRINT)?;
     if fingerprint.is_empty() {
-        return Err(bad(meta::META_FINGERPRINT, "empty".into()));
+        return Err(bad(path, meta::META_FINGERPRINT, "empty".into()));
     }
-    let version = md.custom(meta::META_VERSION);
+    Ok(Meta {
+        vit,
+        eval,
+        fingerprint,
+        version: custom(meta::META_VERSION),
+    })
+}
 
+/// The probe behind a `logits` output: its class names and feature recipe.
+fn read_linear(
+    custom: impl Fn(&str) -> Option<String>,
+    path: &Path,
+    vit: &VitConfig,
+) -> Result<LinearHeadConfig, RuntimeError> {
+    let text = custom(META_LINEAR).ok_or_else(|| missing(path, META_LINEAR))?;
+    let c: LinearHeadConfig =
+        serde_json::from_str(&text).map_err(|e| bad(path, META_LINEAR, e.to_string()))?;
+    c.validate(Some(vit))
+        .map_err(|why| bad(path, META_LINEAR, why))?;
+    Ok(c)
+}
+
+/// Whether the `image` input is float16 (else float32); an error unless it is one of them.
+fn half_input(session: &Session, path: &Path) -> Result<bool, RuntimeError> {
     let inputs = session.inputs();
     let input = inputs
         .iter()
@@ -216,42 +287,18 @@ fn read_info(session: &Session, path: &Path) -> Result<ModelInfo, RuntimeError> 
                 .join(", "),
             expected: format!("an input named `{}`", meta::INPUT_IMAGE),
         })?;
-    let half_io = match input.dtype() {
-        ValueType::Tensor { ty, shape, .. } if shape.len() == 4 => match ty {
-            TensorElementType::Float32 => false,
-            TensorElementType::Float16 => true,
-            _ => {
-                return Err(RuntimeError::BadSignature {
-                    path: path.to_path_buf(),
-                    name: meta::INPUT_IMAGE.into(),
-                    found: describe(input.dtype()),
-                    expected: "a float32 or float16 tensor [batch, 3, H, W]".into(),
-                });
-            }
-        },
-        other => {
-            return Err(RuntimeError::BadSignature {
-                path: path.to_path_buf(),
-                name: meta::INPUT_IMAGE.into(),
-                found: describe(other),
-                expected: "a float32 or float16 tensor [batch, 3, H, W]".into(),
-            });
-        }
-    };
-    let outputs: Vec<String> = session
-        .outputs()
-        .iter()
-        .map(|o| o.name().to_string())
-        .collect();
-    let info = ModelInfo {
+    let wrong = |t: &ValueType| RuntimeError::BadSignature {
         path: path.to_path_buf(),
-        vit,
-        eval,
-        fingerprint,
-        version,
-        outputs,
-        half_io,
+        name: meta::INPUT_IMAGE.into(),
+        found: describe(t),
+        expected: "a float32 or float16 tensor [batch, 3, H, W]".into(),
     };
-    info.require_output(meta::OUTPUT_EMBEDDING)?;
-    Ok(info)
+    match input.dtype() {
+        ValueType::Tensor { ty, shape, .. } if shape.len() == 4 => match ty {
+            TensorElementType::Float32 => Ok(false),
+            TensorElementType::Float16 => Ok(true),
+            _ => Err(wrong(input.dtype())),
+        },
+        other => Err(wrong(other)),
+    }
 }

@@ -8,7 +8,6 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use dino_core::image_io::load_rgb;
 use dino_core::knn::l2_normalize_rows;
-use dino_core::onnx_meta::OUTPUT_EMBEDDING;
 use dino_core::preprocess::{eval_crop, eval_transform_into, normalize_into};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -39,6 +38,9 @@ pub struct EmbedOptions {
     pub batch_size: usize,
     /// L2-normalise the embeddings (the default of `dino-run embed`).
     pub normalize: bool,
+    /// The per-image output returned: `embedding`, or `logits` to classify with the
+    /// model's linear probe.
+    pub output: &'static str,
 }
 
 fn produce(
@@ -95,7 +97,7 @@ fn produce(
 }
 
 /// Embeds `paths` in batches. `sink` receives, for every image in order of completion,
-/// its index in `paths` and its embedding or the error that stopped it; a failing image
+/// its index in `paths` and its embedding (`opts.output`) or the error that stopped it; a failing image
 /// does not stop the others. Errors of the model itself end the run.
 pub fn embed_paths(
     model: &mut Model,
@@ -124,7 +126,7 @@ pub fn embed_paths(
                 .zip(batch.data.chunks(step * len))
             {
                 let n = indices.len();
-                let out = model.run(rows, n, &[OUTPUT_EMBEDDING])?;
+                let out = model.run(rows, n, &[opts.output])?;
                 let mut v = out.into_iter().next().map(|o| o.data).unwrap_or_default();
                 let dim = v.len() / n;
                 if opts.normalize {

@@ -1,5 +1,6 @@
 //! Fixtures of the `export_*` tests: seeded weights and reference outputs from
-//! `tests/python/export_ref.py`, and the built `dino-export` binary.
+//! `tests/python/export_ref.py` (and `linear_ref.py` for linear probes), and the built
+//! `dino-export` binary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -69,6 +70,13 @@ pub struct Compared {
 }
 
 impl Compared {
+    /// The `manifest.json` a reference script wrote into `dir`.
+    fn read(dir: PathBuf) -> Self {
+        let manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap())
+            .expect("manifest");
+        Self { dir, manifest }
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.manifest.get(name).is_some()
     }
@@ -96,6 +104,14 @@ impl Compared {
 
     pub fn batch(&self) -> usize {
         self.manifest["batch"].as_u64().expect("batch") as usize
+    }
+
+    /// The class names of a `linear_ref.py` manifest.
+    pub fn classes(&self) -> Vec<String> {
+        let c = self.manifest["classes"].as_array().expect("classes");
+        c.iter()
+            .map(|v| v.as_str().expect("name").to_string())
+            .collect()
     }
 }
 
@@ -129,7 +145,41 @@ pub fn compare(
         args.extend(["--onnx-fp16", f]);
     }
     run_python(REF, &args);
-    let manifest = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap())
-        .expect("manifest");
-    Compared { dir: out, manifest }
+    Compared::read(out)
+}
+
+/// Runs `tests/python/linear_ref.py compare`: the reference logits of the probe `head`
+/// over `weights` and ONNX Runtime's, on the images of `images` at `size` pixels.
+pub fn compare_linear(
+    dir: &Path,
+    (weights, head): (&Path, &Path),
+    (onnx, fp16): (&Path, Option<&Path>),
+    images: &Path,
+    size: usize,
+    tag: &str,
+) -> Compared {
+    let out = dir.join(format!("cmp-linear-{tag}"));
+    let sz = size.to_string();
+    let (w, h, m, o, i) = (s(weights), s(head), s(onnx), s(&out), s(images));
+    let mut args = vec![
+        "compare",
+        "--weights",
+        &w,
+        "--head",
+        &h,
+        "--onnx",
+        &m,
+        "--images",
+        &i,
+        "--img-size",
+        &sz,
+        "--out",
+        &o,
+    ];
+    let f16 = fp16.map(s);
+    if let Some(f) = &f16 {
+        args.extend(["--onnx-fp16", f]);
+    }
+    run_python("tests/python/linear_ref.py", &args);
+    Compared::read(out)
 }

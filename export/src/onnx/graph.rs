@@ -105,9 +105,15 @@ impl Graph {
         });
     }
 
-    /// A weight in the model's float type.
+    /// A weight in the model's float type, stored once per name (a second call with the
+    /// same name, e.g. the final norm used by two outputs, reuses the first).
     pub fn weight(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
         debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
+        let key = format!("w:{name}");
+        if self.shared.contains_key(&key) {
+            return name.to_string();
+        }
+        self.shared.insert(key, name.to_string());
         self.initializers.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
             data_type: self.float.data_type(),
@@ -244,7 +250,8 @@ mod tests {
         assert_eq!(g.ints(&[0, -1], false), a);
         assert_ne!(g.ints(&[0], true), g.ints(&[0], false));
         assert_eq!(g.scalar(0.5), g.scalar(0.5));
-        assert_eq!(g.into_proto("g").initializer.len(), 4);
+        assert_eq!(g.weight("w", &[1], &[1.0]), g.weight("w", &[1], &[1.0]));
+        assert_eq!(g.into_proto("g").initializer.len(), 5);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dino_core::onnx_meta::{OUTPUT_ATTENTION, OUTPUT_EMBEDDING};
+use dino_core::onnx_meta::{OUTPUT_ATTENTION, OUTPUT_EMBEDDING, OUTPUT_LOGITS};
 use tokio::sync::oneshot;
 
 use super::state::{App, Loaded};
@@ -21,13 +21,22 @@ pub struct Inferred {
     pub embedding: Vec<f32>,
     /// `[heads, patches]` attention and the number of heads, when asked for.
     pub attention: Option<(Vec<f32>, usize)>,
+    /// The linear probe's class scores, when asked for.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// The outputs a request needs besides the embedding.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Want {
+    pub attention: bool,
+    pub logits: bool,
 }
 
 /// One preprocessed image waiting for the model it was preprocessed for.
 pub struct Job {
     pub loaded: Arc<Loaded>,
     pub input: Vec<f32>,
-    pub attention: bool,
+    pub want: Want,
     pub reply: oneshot::Sender<Result<Inferred, String>>,
 }
 
@@ -163,37 +172,41 @@ fn worker(rx: Receiver<Job>, app: &App) {
 fn run_group(jobs: Vec<Job>) {
     let loaded = jobs[0].loaded.clone();
     let mut model = loaded.model.lock().unwrap_or_else(|e| e.into_inner());
-    let want_attention = jobs.iter().any(|j| j.attention);
-    let outputs: &[&str] = if want_attention {
-        &[OUTPUT_EMBEDDING, OUTPUT_ATTENTION]
-    } else {
-        &[OUTPUT_EMBEDDING]
-    };
+    let mut outputs = vec![OUTPUT_EMBEDDING];
+    let attention = jobs.iter().any(|j| j.want.attention);
+    let logits = jobs.iter().any(|j| j.want.logits);
+    if attention {
+        outputs.push(OUTPUT_ATTENTION);
+    }
+    if logits {
+        outputs.push(OUTPUT_LOGITS);
+    }
     let step = model.run_batch().max(1);
     let mut jobs = jobs.into_iter().peekable();
     while jobs.peek().is_some() {
         let slice: Vec<Job> = jobs.by_ref().take(step).collect();
         let n = slice.len();
         let data: Vec<f32> = slice.iter().flat_map(|j| j.input.iter().copied()).collect();
-        match model.run(&data, n, outputs) {
+        match model.run(&data, n, &outputs) {
             Ok(outs) => {
-                let dim = outs[0].data.len() / n;
-                let att = outs.get(1).map(|a| {
-                    let heads = a.shape.get(1).copied().unwrap_or(0);
-                    (a, a.data.len() / n, heads)
-                });
+                // Image `i`'s values of output `k`.
+                let row = |k: usize, i: usize| {
+                    let per = outs[k].data.len() / n;
+                    outs[k].data[i * per..(i + 1) * per].to_vec()
+                };
+                let heads = if attention {
+                    outs[1].shape.get(1)
+                } else {
+                    None
+                };
+                let heads = heads.copied().unwrap_or(0);
                 for (i, j) in slice.into_iter().enumerate() {
-                    let attention = match (&att, j.attention) {
-                        (Some((a, per, heads)), true) => {
-                            Some((a.data[i * per..(i + 1) * per].to_vec(), *heads))
-                        }
-                        _ => None,
+                    let inferred = Inferred {
+                        embedding: row(0, i),
+                        attention: (attention && j.want.attention).then(|| (row(1, i), heads)),
+                        logits: (logits && j.want.logits).then(|| row(outputs.len() - 1, i)),
                     };
-                    let embedding = outs[0].data[i * dim..(i + 1) * dim].to_vec();
-                    let _ = j.reply.send(Ok(Inferred {
-                        embedding,
-                        attention,
-                    }));
+                    let _ = j.reply.send(Ok(inferred));
                 }
             }
             Err(e) => {

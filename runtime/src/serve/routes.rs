@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::ServeError;
-use super::batch::{Inferred, Job, Refused};
+use super::batch::{Inferred, Job, Refused, Want};
 use super::limits::{Params, Upload, authorized, decode, read_images};
 use super::metrics::Gauges;
 use super::page;
@@ -52,9 +52,10 @@ pub async fn serve(app: Arc<App>) -> Result<(), ServeError> {
     eprintln!(
         "dino-run serve: listening on http://{local} (model {}, {})",
         loaded.info.path.display(),
-        match &loaded.gallery {
-            Some(g) => format!("gallery of {} images", g.header.rows),
-            None => "no gallery".into(),
+        match (&loaded.gallery, &loaded.info.linear) {
+            (Some(g), _) => format!("gallery of {} images", g.header.rows),
+            (None, Some(c)) => format!("no gallery, linear probe of {} classes", c.num_classes()),
+            (None, None) => "no gallery".into(),
         }
     );
     drop(loaded);
@@ -189,7 +190,7 @@ async fn infer(
     app: &Arc<App>,
     loaded: &Arc<Loaded>,
     uploads: Vec<Upload>,
-    attention: bool,
+    want: Want,
 ) -> Result<Vec<Done>, ApiError> {
     let preparing = app.queue.preparing();
     let permit = app
@@ -214,7 +215,7 @@ async fn infer(
         jobs.push(Job {
             loaded: loaded.clone(),
             input,
-            attention,
+            want,
             reply: tx,
         });
         waits.push((name, crop, rx));
@@ -239,22 +240,23 @@ async fn infer(
 }
 
 /// Runs the request's images and answers one JSON item per image: `{"image", key: ...}`,
-/// the shape of the CLI's `--json` output.
+/// the shape of the CLI's `--json` output. `check` refuses the request or says which
+/// outputs besides the embedding `each` needs.
 async fn answer<T: serde::Serialize>(
     app: &Arc<App>,
     req: Request,
     key: &str,
-    check: impl FnOnce(&Loaded, &Params) -> Result<(), ApiError>,
-    each: impl Fn(&Loaded, &Params, Vec<f32>) -> Result<T, ApiError>,
+    check: impl FnOnce(&Loaded, &Params) -> Result<Want, ApiError>,
+    each: impl Fn(&Loaded, &Params, Inferred) -> Result<T, ApiError>,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(req.uri().query());
     // The body is read first, so the client is not cut off mid-upload by an early answer.
     let uploads = read_images(app, req).await?;
     let loaded = app.current();
-    check(&loaded, &params)?;
+    let want = check(&loaded, &params)?;
     let mut items = Vec::new();
-    for d in infer(app, &loaded, uploads, false).await? {
-        items.push(json!({"image": d.name, key: each(&loaded, &params, d.out.embedding)?}));
+    for d in infer(app, &loaded, uploads, want).await? {
+        items.push(json!({"image": d.name, key: each(&loaded, &params, d.out)?}));
     }
     Ok(axum::Json(Value::Array(items)).into_response())
 }
@@ -270,12 +272,12 @@ async fn embed(State(app): AppState, req: Request) -> Result<Response, ApiError>
         &app,
         req,
         "embedding",
-        |_, p| p.get("raw", false).map(|_| ()),
-        |_, p, e| {
+        |_, p| p.get("raw", false).map(|_| Want::default()),
+        |_, p, out| {
             Ok(if p.get("raw", false)? {
-                e
+                out.embedding
             } else {
-                normalized(e)
+                normalized(out.embedding)
             })
         },
     )
@@ -302,15 +304,35 @@ fn knn_params(p: &Params) -> Result<KnnParams, ApiError> {
     Ok(kp)
 }
 
-/// k-NN against the gallery. A model with a `logits` output would be answered here
-/// through another [`ClassSource`] when no gallery is loaded.
+/// k-NN against the gallery when one is loaded, else the softmax of the model's `logits`
+/// (a linear probe exported with the backbone); a 409 when there is neither.
 async fn classify(State(app): AppState, req: Request) -> Result<Response, ApiError> {
-    let check = |l: &Loaded, p: &Params| gallery_of(l).and(knn_params(p)).map(|_| ());
-    answer(&app, req, "top", check, |l, p, e| {
-        let source = ClassSource::Knn(gallery_of(l)?, knn_params(p)?);
-        source
-            .top(&normalized(e), p.get("topk", 5)?)
-            .map_err(|e| internal(e.to_string()))
+    let check = |l: &Loaded, p: &Params| {
+        p.get("topk", 5usize)?;
+        match (&l.gallery, &l.info.linear) {
+            (Some(_), _) => knn_params(p).map(|_| Want::default()),
+            (None, Some(_)) => Ok(Want {
+                logits: true,
+                ..Want::default()
+            }),
+            (None, None) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "no_gallery",
+                "no gallery is loaded and the model has no `logits` output (start the server \
+                 with --gallery, or export the model with dino-export --linear-head)",
+            )),
+        }
+    };
+    answer(&app, req, "top", check, |l, p, out| {
+        let topk = p.get("topk", 5)?;
+        let top = match (&l.gallery, &l.info.linear, out.logits) {
+            (Some(g), _, _) => {
+                ClassSource::Knn(g, knn_params(p)?).top(&normalized(out.embedding), topk)
+            }
+            (None, Some(c), Some(logits)) => ClassSource::Linear(c).top(&logits, topk),
+            _ => return Err(internal("no gallery and no logits")),
+        };
+        top.map_err(|e| internal(e.to_string()))
     })
     .await
 }
@@ -323,11 +345,15 @@ async fn search(State(app): AppState, req: Request) -> Result<Response, ApiError
             let why = crate::RuntimeError::NoPaths.to_string();
             return Err(ApiError::new(StatusCode::CONFLICT, "no_paths", why));
         }
-        Ok(())
+        Ok(Want::default())
     };
-    answer(&app, req, "neighbours", check, |l, p, e| {
-        nearest_images(gallery_of(l)?, &normalized(e), p.get("topk", 5)?)
-            .map_err(|e| internal(e.to_string()))
+    answer(&app, req, "neighbours", check, |l, p, out| {
+        nearest_images(
+            gallery_of(l)?,
+            &normalized(out.embedding),
+            p.get("topk", 5)?,
+        )
+        .map_err(|e| internal(e.to_string()))
     })
     .await
 }
@@ -357,7 +383,11 @@ async fn attention(State(app): AppState, req: Request) -> Result<Response, ApiEr
             uploads.len()
         )));
     }
-    let d = infer(&app, &loaded, uploads, true)
+    let want = Want {
+        attention: true,
+        ..Want::default()
+    };
+    let d = infer(&app, &loaded, uploads, want)
         .await?
         .pop()
         .ok_or_else(|| internal("no result"))?;
