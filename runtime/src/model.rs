@@ -172,12 +172,48 @@ impl Model {
                     .map_err(RuntimeError::ctx(&path, "reading an output"))?;
                 (sh.to_vec(), d.to_vec())
             };
-            out.push(OutputTensor {
-                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-                data,
-            });
+            let shape: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+            self.info.check_output(o, &shape, data.len(), n)?;
+            out.push(OutputTensor { shape, data });
         }
         Ok(out)
+    }
+}
+
+impl ModelInfo {
+    /// Checks an output against the batch and the metadata: one row per image, the width
+    /// the metadata promises, as many values as the shape says. A graph that ignores the
+    /// batch or disagrees with its metadata is refused, never read past or misread.
+    fn check_output(
+        &self,
+        name: &str,
+        shape: &[usize],
+        values: usize,
+        n: usize,
+    ) -> Result<(), RuntimeError> {
+        let width = match name {
+            meta::OUTPUT_EMBEDDING => Some(self.vit.embed_dim),
+            meta::OUTPUT_LOGITS => self.linear.as_ref().map(|l| l.num_classes()),
+            _ => None,
+        };
+        let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let ok = shape.first() == Some(&n)
+            && count == Some(values)
+            && width.is_none_or(|w| shape.len() == 2 && shape[1] == w)
+            && shape.iter().all(|&d| d > 0);
+        if ok {
+            return Ok(());
+        }
+        let expected = match width {
+            Some(w) => format!("[{n}, {w}] for a batch of {n}"),
+            None => format!("{n} rows for a batch of {n}"),
+        };
+        Err(RuntimeError::BadSignature {
+            path: self.path.clone(),
+            name: name.into(),
+            found: format!("{shape:?} with {values} values"),
+            expected,
+        })
     }
 }
 
@@ -187,7 +223,7 @@ fn read_info(session: &Session, path: &Path) -> Result<ModelInfo, RuntimeError> 
         .map_err(|e| RuntimeError::ort(path, "reading metadata_props", e))?;
     let custom = |key: &str| md.custom(key);
     let m = read_meta(custom, path)?;
-    let half_io = half_input(session, path)?;
+    let half_io = check_input(session, path, m.eval.crop_size)?;
     let outputs: Vec<String> = session
         .outputs()
         .iter()
@@ -271,8 +307,9 @@ fn read_linear(
     Ok(c)
 }
 
-/// Whether the `image` input is float16 (else float32); an error unless it is one of them.
-fn half_input(session: &Session, path: &Path) -> Result<bool, RuntimeError> {
+/// Whether the `image` input is float16 (else float32); an error unless it is one of them
+/// with 3 channels and, where the graph fixes them, sides of the metadata's crop size.
+fn check_input(session: &Session, path: &Path, crop: usize) -> Result<bool, RuntimeError> {
     let inputs = session.inputs();
     let input = inputs
         .iter()
@@ -291,14 +328,25 @@ fn half_input(session: &Session, path: &Path) -> Result<bool, RuntimeError> {
         path: path.to_path_buf(),
         name: meta::INPUT_IMAGE.into(),
         found: describe(t),
-        expected: "a float32 or float16 tensor [batch, 3, H, W]".into(),
+        expected: format!(
+            "a float32 or float16 tensor [batch, 3, {crop}, {crop}] (the metadata's crop size)"
+        ),
     };
+    // -1 marks a dimension the graph leaves free.
+    let fits = |d: i64, want: usize| d < 0 || d as usize == want;
     match input.dtype() {
-        ValueType::Tensor { ty, shape, .. } if shape.len() == 4 => match ty {
-            TensorElementType::Float32 => Ok(false),
-            TensorElementType::Float16 => Ok(true),
-            _ => Err(wrong(input.dtype())),
-        },
+        ValueType::Tensor { ty, shape, .. }
+            if shape.len() == 4
+                && fits(shape[1], 3)
+                && fits(shape[2], crop)
+                && fits(shape[3], crop) =>
+        {
+            match ty {
+                TensorElementType::Float32 => Ok(false),
+                TensorElementType::Float16 => Ok(true),
+                _ => Err(wrong(input.dtype())),
+            }
+        }
         other => Err(wrong(other)),
     }
 }
