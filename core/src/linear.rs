@@ -2,10 +2,18 @@
 //! over frozen backbone features, with the class names and the feature recipe it was
 //! trained on, so that `dino-export --linear-head` and the runtime need nothing else.
 //!
-//! Features (the official `LinearClassifier` input): the final-normed CLS tokens of the
-//! last `n_last_blocks` blocks, concatenated in block order, then, with
-//! `avgpool_patchtokens`, the mean of the last block's normed patch tokens. The file holds
-//! `linear.weight` `float32 [num_classes, feat_dim]` and `linear.bias` `[num_classes]`.
+//! Features (the official `LinearClassifier` input), `D = embed_dim`:
+//! - without `avgpool_patchtokens`: the final-normed CLS tokens of the last
+//!   `n_last_blocks` blocks, concatenated oldest block first: `feat[b * D + i]` is
+//!   channel `i` of the `b`-th kept block's CLS token;
+//! - with `avgpool_patchtokens` (official only with `n_last_blocks = 1`: its
+//!   `torch.cat((cls.unsqueeze(-1), mean.unsqueeze(-1)), -1).reshape(B, -1)` needs the two
+//!   widths equal), the CLS token and the mean of the last block's normed patch tokens
+//!   **interleaved** per channel: `feat[2 * i] = cls[i]`, `feat[2 * i + 1] = mean[i]`.
+//!   `dino-train linear` refuses `avgpool_patchtokens` with more than one block.
+//!
+//! The file holds `linear.weight` `float32 [num_classes, feat_dim]` and `linear.bias`
+//! `[num_classes]`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
