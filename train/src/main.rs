@@ -211,16 +211,13 @@ fn knn(a: KnnArgs) -> Result<()> {
 }
 
 fn linear(a: LinearArgs) -> Result<()> {
-    let (train, val) = linear::data_folders(
-        a.data_path.as_deref(),
-        a.train.as_deref(),
-        a.val.as_deref(),
-    )
-    .or_else(|e| match (a.evaluate, &a.val) {
-        // --evaluate reads only the val folder.
-        (true, Some(v)) => Ok((std::path::PathBuf::new(), v.clone())),
-        _ => Err(e),
-    })?;
+    let (train, val) =
+        linear::data_folders(a.data_path.as_deref(), a.train.as_deref(), a.val.as_deref())
+            .or_else(|e| match (a.evaluate, &a.val) {
+                // --evaluate reads only the val folder.
+                (true, Some(v)) => Ok((std::path::PathBuf::new(), v.clone())),
+                _ => Err(e),
+            })?;
     let cfg = linear::LinearConfig {
         pretrained_weights: a.pretrained_weights,
         checkpoint_key: a.checkpoint_key,

@@ -9,12 +9,11 @@
 
 use dino_core::st::StFile;
 use dino_core::testing::{assert_close, max_abs_diff};
+use dino_models::io::from_raw;
 use dino_tests::run_python;
 use dino_train::linear::{
-    CheckpointKey, FeatureRecipe, LinearProbe, accuracy, linear_features, load_backbone,
-    scaled_lr,
+    CheckpointKey, FeatureRecipe, LinearProbe, accuracy, linear_features, load_backbone, scaled_lr,
 };
-use dino_models::io::from_raw;
 use tch::{Device, Kind, Tensor};
 
 /// The script's constants (batch of 8 in two halves, 7 classes, 3 epochs, lr 16 per 256).
@@ -135,7 +134,10 @@ fn features_and_sgd_match_the_official_eval_linear() {
 #[test]
 fn recipe_checks_and_official_defaults() {
     let vit = dino_core::VitConfig::preset("vit_small", 16).unwrap();
-    assert_eq!(FeatureRecipe::official_default("vit_small"), recipe(4, false));
+    assert_eq!(
+        FeatureRecipe::official_default("vit_small"),
+        recipe(4, false)
+    );
     assert_eq!(FeatureRecipe::official_default("vit_base"), recipe(1, true));
     assert!(recipe(4, false).check(&vit).is_ok());
     assert!(recipe(1, true).check(&vit).is_ok());

@@ -84,9 +84,9 @@ pub fn linear_features(model: &VisionTransformer, x: &Tensor, recipe: FeatureRec
             return cls.to_kind(Kind::Float);
         };
         let patches = last.size()[1] - 1;
-        let mean = last
-            .narrow(1, 1, patches)
-            .mean_dim(Some([1i64].as_slice()), false, None::<Kind>);
+        let mean =
+            last.narrow(1, 1, patches)
+                .mean_dim(Some([1i64].as_slice()), false, None::<Kind>);
         // As the official cat-then-reshape: channel i's CLS value, then its patch mean.
         let b = cls.size()[0];
         Tensor::stack(&[cls, mean], -1)

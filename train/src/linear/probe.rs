@@ -85,7 +85,11 @@ impl LinearProbe {
         }
         let device = self.vs.device();
         tch::no_grad(|| -> Result<()> {
-            ws.f_copy_(&Tensor::from_slice(weight).view([shape[0], shape[1]]).to_device(device))?;
+            ws.f_copy_(
+                &Tensor::from_slice(weight)
+                    .view([shape[0], shape[1]])
+                    .to_device(device),
+            )?;
             if let Some(bs) = bs {
                 bs.f_copy_(&Tensor::from_slice(bias).to_device(device))?;
             }
@@ -97,7 +101,10 @@ impl LinearProbe {
     pub fn weights(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let get = |t: &Tensor| -> Result<Vec<f32>> {
             Ok(Vec::<f32>::try_from(
-                t.detach().to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1),
+                t.detach()
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .flatten(0, -1),
             )?)
         };
         let bias = match &self.linear.bs {
@@ -159,10 +166,7 @@ pub fn accuracy(
         let len = (batch as i64).min(n - start);
         let (x, y) = (feats.narrow(0, start, len), labels.narrow(0, start, len));
         let out = tch::no_grad(|| logits(&x));
-        loss += out
-            .cross_entropy_for_logits(&y)
-            .double_value(&[])
-            * len as f64;
+        loss += out.cross_entropy_for_logits(&y).double_value(&[]) * len as f64;
         let k = 5.min(num_classes as i64);
         let (_, pred) = out.topk(k, 1, true, true);
         let hit = pred.eq_tensor(&y.unsqueeze(1));

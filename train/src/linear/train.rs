@@ -71,7 +71,8 @@ pub fn train_probe(cfg: &LinearConfig) -> Result<LinearSummary> {
     };
     let out = cfg.output_dir.join(PROBE_FILE);
     let log_path = cfg.output_dir.join(LOG_FILE);
-    let mut log = BufWriter::new(File::create(&log_path).map_err(|e| TrainError::io(&log_path, e))?);
+    let mut log =
+        BufWriter::new(File::create(&log_path).map_err(|e| TrainError::io(&log_path, e))?);
     let aug = TrainAugment::new(bb.eval.crop_size, bb.eval.mean, bb.eval.std, cfg.seed);
     let source = match &cached {
         Some(set) => Source::Cached(set),
@@ -91,7 +92,13 @@ pub fn train_probe(cfg: &LinearConfig) -> Result<LinearSummary> {
         let mut row = json!({"epoch": epoch, "train_loss": loss, "train_lr": lr});
         if epoch % cfg.val_freq == 0 || epoch + 1 == cfg.epochs {
             let n = head_config.num_classes();
-            let acc = accuracy(|x| probe.logits(x), &val.feats, &val.labels, n, cfg.batch_size);
+            let acc = accuracy(
+                |x| probe.logits(x),
+                &val.feats,
+                &val.labels,
+                n,
+                cfg.batch_size,
+            );
             if best.is_none_or(|(b, _)| acc.top1 > b.top1) {
                 best = Some((acc, epoch));
                 write_head(&probe, &head_config, &out)?;
@@ -137,7 +144,9 @@ fn same_classes(train: &ImageFolder, val: &ImageFolder) -> Result<()> {
 }
 
 fn report_epoch(epoch: usize, epochs: usize, loss: f64, acc: &Accuracy, best: f64) {
-    let top5 = acc.top5.map_or(String::new(), |t| format!("  top-5 {t:.2}%"));
+    let top5 = acc
+        .top5
+        .map_or(String::new(), |t| format!("  top-5 {t:.2}%"));
     eprintln!(
         "epoch {}/{epochs}: train loss {loss:.4}  val top-1 {:.2}%{top5}  (best top-1 {best:.2}%)",
         epoch + 1,
@@ -189,7 +198,10 @@ fn run_epoch(
                 bar.inc(chunk.len() as u64);
                 let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
                 let idx = Tensor::from_slice(&idx).to_device(s.feats.device());
-                Some((s.feats.index_select(0, &idx), s.labels.index_select(0, &idx)))
+                Some((
+                    s.feats.index_select(0, &idx),
+                    s.labels.index_select(0, &idx),
+                ))
             }
             Source::Images {
                 folder,
@@ -236,7 +248,9 @@ pub fn evaluate_saved(cfg: &LinearConfig, probe_path: &Path) -> Result<(Accuracy
             probe_path,
             format!(
                 "trained on another backbone (fingerprint {}…), not {} ({}…)",
-                &c.backbone_fingerprint.get(..12).unwrap_or(&c.backbone_fingerprint),
+                &c.backbone_fingerprint
+                    .get(..12)
+                    .unwrap_or(&c.backbone_fingerprint),
                 cfg.pretrained_weights.display(),
                 &bb.fingerprint[..12]
             ),
