@@ -1,9 +1,10 @@
 """PyTorch rewrite of the official `eval_linear.py` (facebookresearch/dino) on a tiny seeded
 ViT (`python/dino_ref/vit.py`), the reference of `train/tests/linear_ref.rs`.
 
-  linear_ref.py OUT_DIR
+  linear_ref.py probe OUT_DIR
+  linear_ref.py crop IMAGE CASES.json OUT.safetensors
 
-writes into OUT_DIR:
+`probe` writes into OUT_DIR:
   backbone.safetensors  the ViT (official keys, dino-rs metadata)
   input.safetensors     `image` [B, 3, S, S] (already preprocessed: no augmentation) and
                         `label` [B] (int64)
@@ -15,6 +16,11 @@ writes into OUT_DIR:
 Training: EPOCHS epochs of two steps (the batch's halves) with SGD(momentum 0.9, weight
 decay 0), lr = LR * half / 256 and CosineAnnealingLR(T_max=EPOCHS) stepped per epoch,
 cross-entropy, as the official `train()`.
+
+`crop` renders the training transform for each case `{"box": [i, j, h, w], "flip": bool,
+"size": S, "mean": [..], "std": [..]}` of CASES.json: `F.resized_crop` (PIL, bilinear: the
+default of the official `RandomResizedCrop(224)`), `hflip`, `ToTensor`, `Normalize`; the
+crops are `crop_{k}` in OUT.
 """
 import json
 import sys
@@ -94,8 +100,26 @@ def probe(feats, y, tag, out):
     out[tag + "acc"] = torch.tensor(acc, dtype=torch.float64)
 
 
+def crops(image, cases, out):
+    from PIL import Image
+    import torchvision.transforms.functional as F
+    from torchvision.transforms import InterpolationMode
+
+    img = Image.open(image).convert("RGB")
+    res = {}
+    for k, c in enumerate(json.loads(Path(cases).read_text())):
+        i, j, h, w = c["box"]
+        r = F.resized_crop(img, i, j, h, w, [c["size"]] * 2, InterpolationMode.BILINEAR)
+        if c["flip"]:
+            r = F.hflip(r)
+        res[f"crop_{k}"] = F.normalize(F.to_tensor(r), c["mean"], c["std"]).contiguous()
+    save_file(res, out)
+
+
 def main():
-    d = Path(sys.argv[1])
+    if sys.argv[1] == "crop":
+        return crops(*sys.argv[2:5])
+    d = Path(sys.argv[2])
     torch.set_num_threads(2)
     cfg = vit_config("custom", 4, S, SIZES)
     m = seeded_vit(cfg, 5)
