@@ -69,10 +69,6 @@ pub fn train_probe(cfg: &LinearConfig) -> Result<LinearSummary> {
         avgpool_patchtokens: recipe.avgpool_patchtokens,
         backbone_fingerprint: bb.fingerprint.clone(),
     };
-    let out = cfg.output_dir.join(PROBE_FILE);
-    let log_path = cfg.output_dir.join(LOG_FILE);
-    let mut log =
-        BufWriter::new(File::create(&log_path).map_err(|e| TrainError::io(&log_path, e))?);
     let aug = TrainAugment::new(bb.eval.crop_size, bb.eval.mean, bb.eval.std, cfg.seed);
     let source = match &cached {
         Some(set) => Source::Cached(set),
@@ -83,15 +79,49 @@ pub fn train_probe(cfg: &LinearConfig) -> Result<LinearSummary> {
             recipe,
         },
     };
-    let mut best: Option<(Accuracy, usize)> = None;
-    let mut skipped = 0;
+    let out = cfg.output_dir.join(PROBE_FILE);
+    let fit = fit(&mut probe, &source, &val, &head_config, &out, cfg)?;
+    Ok(LinearSummary {
+        best: fit.best,
+        best_epoch: fit.best_epoch,
+        recipe,
+        train_images: match &cached {
+            Some(set) => set.len(),
+            None => train_folder.samples.len() - fit.skipped,
+        },
+        skipped: fit.skipped + val.skipped + cached.as_ref().map_or(0, |c| c.skipped),
+        probe: out,
+    })
+}
+
+/// The best evaluation of a run.
+struct Fit {
+    best: Accuracy,
+    best_epoch: usize,
+    /// Unreadable training files (of the last epoch).
+    skipped: usize,
+}
+
+/// The epochs: train, evaluate when due, keep the best weights in `out`, log every epoch.
+fn fit(
+    probe: &mut LinearProbe,
+    source: &Source<'_>,
+    val: &FeatureSet,
+    head: &LinearHeadConfig,
+    out: &Path,
+    cfg: &LinearConfig,
+) -> Result<Fit> {
+    let log_path = cfg.output_dir.join(LOG_FILE);
+    let mut log =
+        BufWriter::new(File::create(&log_path).map_err(|e| TrainError::io(&log_path, e))?);
+    let mut best: Option<Fit> = None;
     for epoch in 0..cfg.epochs {
         let lr = probe.start_epoch(epoch);
-        let (loss, skip) = run_epoch(&mut probe, &source, cfg, epoch)?;
-        skipped = skip;
+        let (loss, skipped) = run_epoch(probe, source, cfg, epoch)?;
         let mut row = json!({"epoch": epoch, "train_loss": loss, "train_lr": lr});
-        if epoch % cfg.val_freq == 0 || epoch + 1 == cfg.epochs {
-            let n = head_config.num_classes();
+        let last = epoch + 1 == cfg.epochs;
+        if epoch % cfg.val_freq == 0 || last {
+            let n = head.num_classes();
             let acc = accuracy(
                 |x| probe.logits(x),
                 &val.feats,
@@ -99,33 +129,29 @@ pub fn train_probe(cfg: &LinearConfig) -> Result<LinearSummary> {
                 n,
                 cfg.batch_size,
             );
-            if best.is_none_or(|(b, _)| acc.top1 > b.top1) {
-                best = Some((acc, epoch));
-                write_head(&probe, &head_config, &out)?;
+            if best.as_ref().is_none_or(|b| acc.top1 > b.best.top1) {
+                write_head(probe, head, out)?;
+                best = Some(Fit {
+                    best: acc,
+                    best_epoch: epoch,
+                    skipped,
+                });
             }
-            let best_top1 = best.map_or(acc.top1, |(b, _)| b.top1);
+            let best_top1 = best.as_ref().map_or(acc.top1, |b| b.best.top1);
             report_epoch(epoch, cfg.epochs, loss, &acc, best_top1);
             row["test_acc1"] = json!(acc.top1);
             row["test_acc5"] = json!(acc.top5);
             row["test_loss"] = json!(acc.loss);
             row["best_acc1"] = json!(best_top1);
         }
+        if let Some(b) = best.as_mut().filter(|_| last) {
+            b.skipped = skipped;
+        }
         writeln!(log, "{row}")
             .and_then(|_| log.flush())
             .map_err(|e| TrainError::io(&log_path, e))?;
     }
-    let (best, best_epoch) = best.expect("the last epoch is always evaluated");
-    Ok(LinearSummary {
-        best,
-        best_epoch,
-        recipe,
-        train_images: match &cached {
-            Some(set) => set.len(),
-            None => train_folder.samples.len() - skipped,
-        },
-        skipped: skipped + val.skipped + cached.as_ref().map_or(0, |c| c.skipped),
-        probe: out,
-    })
+    best.ok_or_else(|| TrainError::Invalid("no epoch was evaluated".into()))
 }
 
 fn same_classes(train: &ImageFolder, val: &ImageFolder) -> Result<()> {
