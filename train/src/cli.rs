@@ -143,13 +143,15 @@ pub struct LinearArgs {
     /// --n_last_blocks 1) [default: true for vit_base, else false].
     #[arg(long = "avgpool_patchtokens", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub avgpool_patchtokens: Option<bool>,
+    /// Epochs of training (the cosine schedule's length).
     #[arg(long, default_value_t = linear::DEFAULT_EPOCHS)]
     pub epochs: usize,
     /// Learning rate for a batch of 256, scaled linearly with the batch size; cosine
     /// annealed to 0 over the epochs.
     #[arg(long, default_value_t = linear::DEFAULT_LR)]
     pub lr: f64,
-    #[arg(long = "batch_size_per_gpu", default_value_t = linear::DEFAULT_BATCH_SIZE)]
+    /// Images per SGD step (one process).
+    #[arg(long = "batch_size_per_gpu", value_name = "N", default_value_t = linear::DEFAULT_BATCH_SIZE)]
     pub batch_size_per_gpu: usize,
     /// Evaluate every N epochs (and after the last).
     #[arg(long = "val_freq", value_name = "N", default_value_t = linear::DEFAULT_VAL_FREQ)]
@@ -158,7 +160,8 @@ pub struct LinearArgs {
     /// the official protocol (which draws RandomResizedCrop + flip crops every epoch).
     #[arg(long = "cached_features")]
     pub cached_features: bool,
-    /// Evaluate a saved probe (--linear_weights) on the val folder and exit.
+    /// Evaluate a saved probe (--linear_weights) on the val folder and exit; the feature
+    /// recipe is the probe's.
     #[arg(long)]
     pub evaluate: bool,
     /// The probe --evaluate reads [default: <output_dir>/linear.safetensors].
@@ -170,6 +173,7 @@ pub struct LinearArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
 }
