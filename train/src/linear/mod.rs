@@ -179,3 +179,20 @@ pub fn load_backbone(path: &Path, key: CheckpointKey, device: Device) -> Result<
         fingerprint,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_folders_default_to_the_official_layout() {
+        let d = Path::new("data");
+        let (t, v) = data_folders(Some(d), None, None).unwrap();
+        assert_eq!((t, v), (d.join("train"), d.join("val")));
+        let test = Path::new("cifar/test");
+        let (t, v) = data_folders(Some(d), None, Some(test)).unwrap();
+        assert_eq!((t, v), (d.join("train"), test.to_path_buf()));
+        let e = data_folders(None, Some(d), None).unwrap_err().to_string();
+        assert!(e.contains("--val"), "{e}");
+    }
+}
