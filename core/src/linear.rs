@@ -2,13 +2,18 @@
 //! over frozen backbone features, with the class names and the feature recipe it was
 //! trained on, so that `dino-export --linear-head` and the runtime need nothing else.
 //!
-//! Features (the official `LinearClassifier` input): the final-normed CLS tokens of the
-//! last `n_last_blocks` blocks, concatenated in block order. With `avgpool_patchtokens`,
-//! the official code pairs that vector with the mean of the last block's normed patch
-//! tokens along a new last axis and flattens, so the two are INTERLEAVED value by value
-//! (`[cls_0, mean_0, cls_1, mean_1, ...]`); the pairing is only defined for
-//! `n_last_blocks` 1 (`dino-export` refuses more). The file holds `linear.weight`
-//! `float32 [num_classes, feat_dim]` and `linear.bias` `[num_classes]`.
+//! Features (the official `LinearClassifier` input), `D = embed_dim`:
+//! - without `avgpool_patchtokens`: the final-normed CLS tokens of the last
+//!   `n_last_blocks` blocks, concatenated oldest block first: `feat[b * D + i]` is
+//!   channel `i` of the `b`-th kept block's CLS token;
+//! - with `avgpool_patchtokens` (official only with `n_last_blocks = 1`: its
+//!   `torch.cat((cls.unsqueeze(-1), mean.unsqueeze(-1)), -1).reshape(B, -1)` needs the two
+//!   widths equal), the CLS token and the mean of the last block's normed patch tokens
+//!   **interleaved** per channel: `feat[2 * i] = cls[i]`, `feat[2 * i + 1] = mean[i]`.
+//!   `dino-train linear` refuses `avgpool_patchtokens` with more than one block.
+//!
+//! The file holds `linear.weight` `float32 [num_classes, feat_dim]` and `linear.bias`
+//! `[num_classes]`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -69,6 +74,12 @@ impl LinearHeadConfig {
         }
         if self.embed_dim == 0 {
             return Err("embed_dim 0".into());
+        }
+        if self.avgpool_patchtokens && self.n_last_blocks != 1 {
+            return Err(format!(
+                "avgpool_patchtokens with n_last_blocks {} (the official layout exists for 1 only)",
+                self.n_last_blocks
+            ));
         }
         if let Some(v) = vit {
             if v.embed_dim != self.embed_dim {
@@ -188,8 +199,8 @@ mod tests {
         let config = LinearHeadConfig {
             classes: vec!["cat".into(), "dog".into(), "emu".into()],
             embed_dim: 2,
-            n_last_blocks: 2,
-            avgpool_patchtokens: true,
+            n_last_blocks: 3,
+            avgpool_patchtokens: false,
             backbone_fingerprint: "ab".into(),
         };
         let d = config.feat_dim();
@@ -226,6 +237,11 @@ mod tests {
         assert!(c.validate(Some(&vit)).unwrap_err().contains("embed_dim"));
         c.embed_dim = vit.embed_dim;
         assert!(c.validate(Some(&vit)).is_ok());
+        let mut pooled = c.clone();
+        pooled.avgpool_patchtokens = true;
+        assert!(pooled.validate(None).unwrap_err().contains("avgpool"));
+        pooled.n_last_blocks = 1;
+        assert!(pooled.validate(Some(&vit)).is_ok());
         vit.depth = 1;
         assert!(c.validate(Some(&vit)).unwrap_err().contains("blocks"));
         c.classes.clear();

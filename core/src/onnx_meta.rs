@@ -3,7 +3,11 @@
 //! An exported model describes itself, so the runtime needs nothing but the `.onnx` file.
 //! Both sides use these constants; changing one is a format change.
 
+use std::collections::BTreeMap;
+
 use sha2::{Digest, Sha256};
+
+use crate::st::RawTensor;
 
 /// Graph input: `float32 [batch, 3, H, W]`, normalised with the `mean`/`std` below.
 pub const INPUT_IMAGE: &str = "image";
@@ -52,9 +56,33 @@ pub fn fingerprint<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [u8])>) -
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// [`fingerprint`] of a backbone's tensors as a weight file stores them (official keys,
+/// the file's dtype), in name order: the identity `dino-export` writes to
+/// [`META_FINGERPRINT`] and a linear probe records, so the two can be matched.
+pub fn backbone_fingerprint(tensors: &BTreeMap<String, RawTensor>) -> String {
+    fingerprint(tensors.iter().map(|(k, t)| (k.as_str(), t.data.as_slice())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backbone_fingerprint_is_over_sorted_names() {
+        let mut m = BTreeMap::new();
+        m.insert("b".to_string(), RawTensor::from_f32(vec![1], &[2.0]));
+        m.insert("a".to_string(), RawTensor::from_f32(vec![2], &[1.0, 3.0]));
+        let a = m["a"].data.clone();
+        let b = m["b"].data.clone();
+        assert_eq!(
+            backbone_fingerprint(&m),
+            fingerprint([("a", a.as_slice()), ("b", b.as_slice())])
+        );
+        assert_ne!(
+            backbone_fingerprint(&m),
+            fingerprint([("b", b.as_slice()), ("a", a.as_slice())])
+        );
+    }
 
     #[test]
     fn fingerprint_depends_on_names_and_bytes() {

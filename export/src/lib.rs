@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 
 use dino_core::onnx_digest::append_digest;
-use dino_core::onnx_meta::{OUTPUT_LOGITS, fingerprint};
+use dino_core::onnx_meta::{OUTPUT_LOGITS, backbone_fingerprint};
 use dino_core::st::write_bytes_atomic;
 
 pub use error::ExportError;
@@ -126,11 +126,7 @@ pub fn export_backbone(
         Precision::Fp32 => Float::F32,
         Precision::Fp16 => Float::F16,
     };
-    let fp = fingerprint(
-        b.tensors
-            .iter()
-            .map(|(k, t)| (k.as_str(), t.data.as_slice())),
-    );
+    let fp = backbone_fingerprint(&b.tensors);
     let head = match &opts.linear_head {
         Some(p) => Some(probe::load(p, &b.path, vit, &fp)?),
         None => None,

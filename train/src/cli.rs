@@ -9,6 +9,7 @@ use dino_train::config::{
     ALIASES, KnnConfig, OptionInfo, TrainConfig, ValueKind, flag_text, option, options,
 };
 use dino_train::device::DeviceSpec;
+use dino_train::linear::{self, CheckpointKey};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -70,6 +71,13 @@ pub enum Command {
     /// temperature per step, k-NN top-1 per evaluation) into <run>/plots/.
     #[command(after_help = "Example:\n  dino-train plot --run runs/cifar-tiny")]
     Plot(PlotArgs),
+    /// Linear probe of a frozen backbone (eval_linear.py): a linear classifier on the CLS
+    /// tokens of the last blocks, top-1/top-5 on the val folder.
+    ///
+    /// Writes <output_dir>/linear.safetensors (the best evaluated epoch's weights, read by
+    /// dino-export --linear-head) and <output_dir>/linear_log.jsonl (one line per epoch).
+    #[command(after_help = LINEAR_EXAMPLES)]
+    Linear(LinearArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -93,6 +101,80 @@ pub struct AttentionArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+const LINEAR_EXAMPLES: &str = "\
+Examples:
+  dino-train linear --pretrained_weights dino_deitsmall16_pretrain.pth \\
+      --data_path /data/imagenet --output_dir runs/linear
+  dino-train linear --pretrained_weights demo/teacher.safetensors --cached_features \\
+      --train ../shared/data/cifar10-mini/train --val ../shared/data/cifar10-mini/test \\
+      --epochs 10 --output_dir runs/linear-demo
+  dino-train linear --evaluate --pretrained_weights demo/teacher.safetensors \\
+      --val ../shared/data/cifar10-mini/test --output_dir runs/linear-demo";
+
+#[derive(Debug, clap::Args)]
+pub struct LinearArgs {
+    /// The backbone: a dino-rs teacher.safetensors or training checkpoint, an official
+    /// .pth, or safetensors with the official keys.
+    #[arg(long = "pretrained_weights", value_name = "FILE")]
+    pub pretrained_weights: PathBuf,
+    /// Network of a training checkpoint to evaluate.
+    #[arg(long = "checkpoint_key", value_enum, default_value_t = CheckpointKey::default())]
+    pub checkpoint_key: CheckpointKey,
+    /// Folder holding the train/ and val/ ImageFolders (as the official script).
+    #[arg(long = "data_path", value_name = "DIR")]
+    pub data_path: Option<PathBuf>,
+    /// Training ImageFolder [default: <data_path>/train].
+    #[arg(long, value_name = "DIR")]
+    pub train: Option<PathBuf>,
+    /// Validation ImageFolder [default: <data_path>/val].
+    #[arg(long, value_name = "DIR")]
+    pub val: Option<PathBuf>,
+    /// Where linear.safetensors and linear_log.jsonl go.
+    #[arg(long = "output_dir", value_name = "DIR", default_value = ".")]
+    pub output_dir: PathBuf,
+    /// Concatenate the CLS tokens of the last N blocks [default: 1 for vit_base, else 4,
+    /// as the official README].
+    #[arg(long = "n_last_blocks", value_name = "N")]
+    pub n_last_blocks: Option<usize>,
+    /// Interleave the mean of the last block's patch tokens with the CLS token (needs
+    /// --n_last_blocks 1) [default: true for vit_base, else false].
+    #[arg(long = "avgpool_patchtokens", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub avgpool_patchtokens: Option<bool>,
+    /// Epochs of training (the cosine schedule's length).
+    #[arg(long, default_value_t = linear::DEFAULT_EPOCHS)]
+    pub epochs: usize,
+    /// Learning rate for a batch of 256, scaled linearly with the batch size; cosine
+    /// annealed to 0 over the epochs.
+    #[arg(long, default_value_t = linear::DEFAULT_LR)]
+    pub lr: f64,
+    /// Images per SGD step (one process).
+    #[arg(long = "batch_size_per_gpu", value_name = "N", default_value_t = linear::DEFAULT_BATCH_SIZE)]
+    pub batch_size_per_gpu: usize,
+    /// Evaluate every N epochs (and after the last).
+    #[arg(long = "val_freq", value_name = "N", default_value_t = linear::DEFAULT_VAL_FREQ)]
+    pub val_freq: usize,
+    /// Train on features of the un-augmented images computed once: much faster, but not
+    /// the official protocol (which draws RandomResizedCrop + flip crops every epoch).
+    #[arg(long = "cached_features")]
+    pub cached_features: bool,
+    /// Evaluate a saved probe (--linear_weights) on the val folder and exit; the feature
+    /// recipe is the probe's.
+    #[arg(long)]
+    pub evaluate: bool,
+    /// The probe --evaluate reads [default: <output_dir>/linear.safetensors].
+    #[arg(long = "linear_weights", value_name = "FILE", requires = "evaluate")]
+    pub linear_weights: Option<PathBuf>,
+    /// Seeds the classifier's initialisation, the epoch shuffles and the crops.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// No progress bars.
     #[arg(long, short)]
     pub quiet: bool,
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod flat;
 pub mod knn_eval;
 pub mod launch;
+pub mod linear;
 pub mod loss;
 pub mod metrics;
 pub mod model;

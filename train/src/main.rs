@@ -7,9 +7,9 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use dino_core::EvalTransform;
 
-use cli::{AttentionArgs, BenchArgs, Cli, Command, KnnArgs, PlotArgs, TrainArgs};
+use cli::{AttentionArgs, BenchArgs, Cli, Command, KnnArgs, LinearArgs, PlotArgs, TrainArgs};
 use dino_train::config::TrainConfig;
-use dino_train::{attention, bench, device, knn_eval, plot, trainer};
+use dino_train::{attention, bench, device, knn_eval, linear, plot, trainer};
 
 fn main() {
     // CPU tuning of the process (see both functions); DINO_CPU_DEFAULTS=1 leaves the
@@ -35,6 +35,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Attention(a) => attention(a),
         Command::Plot(a) => plot(a),
+        Command::Linear(a) => linear(a),
     }
 }
 
@@ -206,5 +207,68 @@ fn knn(a: KnnArgs) -> Result<()> {
             a.k, a.temperature, r.top1, r.top5, r.train_images, r.val_images, r.skipped
         );
     }
+    Ok(())
+}
+
+fn linear(a: LinearArgs) -> Result<()> {
+    let (train, val) =
+        linear::data_folders(a.data_path.as_deref(), a.train.as_deref(), a.val.as_deref())
+            .or_else(|e| match (a.evaluate, &a.val) {
+                // --evaluate reads only the val folder.
+                (true, Some(v)) => Ok((std::path::PathBuf::new(), v.clone())),
+                _ => Err(e),
+            })?;
+    let cfg = linear::LinearConfig {
+        pretrained_weights: a.pretrained_weights,
+        checkpoint_key: a.checkpoint_key,
+        train,
+        val,
+        output_dir: a.output_dir,
+        n_last_blocks: a.n_last_blocks,
+        avgpool_patchtokens: a.avgpool_patchtokens,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch_size: a.batch_size_per_gpu,
+        val_freq: a.val_freq,
+        protocol: if a.cached_features {
+            linear::Protocol::CachedFeatures
+        } else {
+            linear::Protocol::Augmented
+        },
+        seed: a.seed,
+        device: device::select_device(a.device)?,
+        quiet: a.quiet,
+    };
+    let top5 = |t: Option<f64>| t.map_or(String::new(), |t| format!("  top-5 {t:.2}%"));
+    if a.evaluate {
+        let probe = a
+            .linear_weights
+            .unwrap_or_else(|| cfg.output_dir.join(linear::PROBE_FILE));
+        let (acc, head) = linear::evaluate_saved(&cfg, &probe)?;
+        println!(
+            "linear probe {} (n_last_blocks={}, avgpool_patchtokens={}): top-1 {:.2}%{}  on {} val images",
+            probe.display(),
+            head.config.n_last_blocks,
+            head.config.avgpool_patchtokens,
+            acc.top1,
+            top5(acc.top5),
+            acc.images
+        );
+        return Ok(());
+    }
+    let s = linear::train_probe(&cfg)?;
+    println!(
+        "linear probe (n_last_blocks={}, avgpool_patchtokens={}): best top-1 {:.2}%{}  at epoch {} of {}  ({} train / {} val images, {} skipped)",
+        s.recipe.n_last_blocks,
+        s.recipe.avgpool_patchtokens,
+        s.best.top1,
+        top5(s.best.top5),
+        s.best_epoch + 1,
+        cfg.epochs,
+        s.train_images,
+        s.best.images,
+        s.skipped
+    );
+    eprintln!("probe written to {}", s.probe.display());
     Ok(())
 }

@@ -183,9 +183,21 @@ pub fn resized_crop(
     size: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), DataError> {
+    resized_crop_filter(img, b, size, FilterType::CatmullRom, out)
+}
+
+/// [`resized_crop`] with another PIL filter (`FilterType::Bilinear` is torchvision's
+/// default interpolation, which `eval_linear.py`'s `RandomResizedCrop` keeps).
+pub fn resized_crop_filter(
+    img: &RgbImage,
+    b: CropBox,
+    size: usize,
+    filter: FilterType,
+    out: &mut Vec<u8>,
+) -> Result<(), DataError> {
     SCRATCH.with(|s| {
         let s = &mut *s.borrow_mut();
-        resized_crop_with(img, b, size, &mut s.resizer, &mut s.crop, out)
+        resized_crop_with(img, b, size, filter, &mut s.resizer, &mut s.crop, out)
     })
 }
 
@@ -193,6 +205,7 @@ fn resized_crop_with(
     img: &RgbImage,
     b: CropBox,
     size: usize,
+    filter: FilterType,
     resizer: &mut Resizer,
     crop: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -213,12 +226,12 @@ fn resized_crop_with(
     let src = ImageRef::new(b.width, b.height, crop, PixelType::U8x3).map_err(|e| err(&e))?;
     let mut dst = Image::from_slice_u8(size as u32, size as u32, out, PixelType::U8x3)
         .map_err(|e| err(&e))?;
-    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    let opts = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
     resizer.resize(&src, &mut dst, &opts).map_err(|e| err(&e))
 }
 
-/// Mirrors every row of a `size x size` RGB image.
-fn flip_rows(px: &mut [u8], size: usize) {
+/// Mirrors every row of a `size x size` RGB image (`hflip`).
+pub fn flip_rows(px: &mut [u8], size: usize) {
     for row in px.chunks_exact_mut(size * 3) {
         for x in 0..size / 2 {
             let (a, b) = (x * 3, (size - 1 - x) * 3);
@@ -313,7 +326,15 @@ impl MultiCrop {
     ) -> Result<(), DataError> {
         SCRATCH.with(|s| {
             let s = &mut *s.borrow_mut();
-            resized_crop_with(img, v.crop, size, &mut s.resizer, &mut s.crop, &mut s.view)?;
+            resized_crop_with(
+                img,
+                v.crop,
+                size,
+                FilterType::CatmullRom,
+                &mut s.resizer,
+                &mut s.crop,
+                &mut s.view,
+            )?;
             if v.flip {
                 flip_rows(&mut s.view, size);
             }
