@@ -293,7 +293,12 @@ pub fn knn_hits(
 ) -> Result<Vec<KnnHits>, CoreError> {
     let g = Gallery::new(train, train_labels, dim, num_classes)?;
     let k_max = ks.iter().copied().max().unwrap_or(0);
-    check_params(&g, queries, ks.iter().copied().min().unwrap_or(0), temperature)?;
+    check_params(
+        &g,
+        queries,
+        ks.iter().copied().min().unwrap_or(0),
+        temperature,
+    )?;
     if queries.len() != query_labels.len() * dim || query_labels.is_empty() {
         return Err(CoreError::InvalidConfig(format!(
             "k-NN: {} query values are not {} labelled rows of dimension {dim}",
