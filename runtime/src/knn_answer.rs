@@ -74,6 +74,7 @@ impl ClassSource<'_> {
     pub fn top(&self, embedding: &[f32], topk: usize) -> Result<Vec<ClassScore>, RuntimeError> {
         match self {
             ClassSource::Knn(g, p) => {
+                g.require_labels()?;
                 check_dim(g, embedding)?;
                 let kg = g.knn();
                 let neighbours = knn::nearest_neighbours(&kg, embedding, p.k);
