@@ -123,23 +123,25 @@ impl ImageSet {
         }
     }
 
-    /// What was found, for start-up lines: `ImageFolder, 10 classes, 5000 files` or
-    /// `unlabelled (nested folders), 120 images`.
+    /// What was found, for start-up lines (see [`Labels::describe`]).
     pub fn describe(&self) -> String {
-        match &self.labels {
-            Labels::Classes(c) => format!(
-                "ImageFolder, {} classes, {} files",
-                c.len(),
-                self.samples.len()
-            ),
+        self.labels.describe(self.samples.len())
+    }
+}
+
+impl Labels {
+    /// `ImageFolder, 10 classes, 5000 images` or `unlabelled (nested folders, no class
+    /// folders), 120 images`, for `n` images.
+    pub fn describe(&self, n: usize) -> String {
+        match self {
+            Labels::Classes(c) => format!("ImageFolder, {} classes, {n} images", c.len()),
             Labels::Unlabelled { nested } => format!(
-                "unlabelled ({}), {} images",
+                "unlabelled ({}, no class folders), {n} images",
                 if *nested {
                     "nested folders"
                 } else {
                     "flat folder"
-                },
-                self.samples.len()
+                }
             ),
         }
     }

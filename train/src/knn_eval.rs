@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use dino_core::EvalTransform;
 use dino_core::image_io::{ImageFolder, load_rgb};
+use dino_core::image_set::ImageSet;
 use dino_core::knn::l2_normalize_rows;
 use dino_core::preprocess::{eval_transform_into, image_len, validate};
 use dino_models::VisionTransformer;
@@ -261,6 +262,28 @@ pub fn evaluate(
         val_images: f.test_labels.len(),
         skipped: f.skipped,
     })
+}
+
+/// Why the k-NN evaluation of a training job cannot run: `knn_train` or `knn_val` is a
+/// folder without class folders. `None` when both are labelled, or k-NN is off.
+pub fn unlabelled_note(cfg: &TrainConfig) -> Result<Option<String>> {
+    let k = &cfg.knn;
+    if k.knn_freq == 0 {
+        return Ok(None);
+    }
+    for (key, path) in [("knn_train", &k.knn_train), ("knn_val", &k.knn_val)] {
+        let Some(path) = path else { continue };
+        let set = ImageSet::scan(path)?;
+        if set.classes().is_none() {
+            return Ok(Some(format!(
+                "k-NN evaluation skipped: {key} {} is {}; k-NN needs labelled ImageFolders \
+                 (<dir>/<class>/<image>)",
+                path.display(),
+                set.describe()
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// The periodic evaluation of a running training job (teacher backbone), on every rank.

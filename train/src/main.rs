@@ -90,7 +90,7 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     anyhow::ensure!(
         !cfg.run.data_path.as_os_str().is_empty(),
-        "no data_path: give --data_path <ImageFolder> or set it in the config file"
+        "no data_path: give --data_path <folder of images> or set it in the config file"
     );
     if let Some(n) = a
         .nproc_per_node
