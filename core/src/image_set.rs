@@ -5,7 +5,8 @@
 //! * **labelled** (an ImageFolder, as torchvision's): the root holds no image file itself,
 //!   and every image file found lies exactly one level down, in a class folder
 //!   (`root/<class>/<image>`). As [`ImageFolder::scan`], every file of a class folder is a
-//!   sample, image extension or not, so that unreadable files are reported and counted.
+//!   sample, image extension or not, so that unreadable files are reported and counted
+//!   (class folders holding only files without an image extension count as labelled too).
 //! * **unlabelled** otherwise: a flat folder of images, or images nested at any depth; every
 //!   file with an image extension found recursively is a sample, without a label.
 //!
@@ -90,6 +91,11 @@ impl ImageSet {
         let mut found = Vec::new();
         walk(root, 0, &mut HashSet::new(), &mut found)?;
         if found.is_empty() {
+            // Class folders of files none of which looks like an image: an ImageFolder whose
+            // every file will be reported unreadable, rather than "no images".
+            if let Ok(f) = ImageFolder::scan(root) {
+                return Ok(Self::labelled(root, f));
+            }
             return Err(CoreError::Image {
                 path: root.to_path_buf(),
                 why: format!(
@@ -99,12 +105,7 @@ impl ImageSet {
             });
         }
         if found.iter().all(|(_, d)| *d == 2) {
-            let f = ImageFolder::scan(root)?;
-            return Ok(Self {
-                root: root.to_path_buf(),
-                labels: Labels::Classes(f.classes),
-                samples: f.samples.into_iter().map(|(p, l)| (p, Some(l))).collect(),
-            });
+            return Ok(Self::labelled(root, ImageFolder::scan(root)?));
         }
         Ok(Self {
             root: root.to_path_buf(),
@@ -113,6 +114,14 @@ impl ImageSet {
             },
             samples: found.into_iter().map(|(p, _)| (p, None)).collect(),
         })
+    }
+
+    fn labelled(root: &Path, f: ImageFolder) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            labels: Labels::Classes(f.classes),
+            samples: f.samples.into_iter().map(|(p, l)| (p, Some(l))).collect(),
+        }
     }
 
     /// The class names of a labelled set.
