@@ -114,3 +114,39 @@ pub fn evaluate(
         temperature,
     )?)
 }
+
+/// The image counts of an evaluation, for its report.
+#[derive(Clone, Copy, Debug)]
+pub struct Counts {
+    /// Gallery rows.
+    pub gallery: usize,
+    /// Images voted.
+    pub images: usize,
+    /// Images skipped as unreadable.
+    pub skipped: usize,
+}
+
+/// One k's line: text, or a JSON object with the keys of `dino-train knn --json`.
+pub fn report(h: &KnnHits, temperature: f64, c: Counts, json: bool) -> String {
+    if json {
+        return serde_json::json!({
+            "k": h.k, "temperature": temperature,
+            "top1": h.top1_percent(), "top5": h.top5_percent(),
+            "top1_correct": h.top1, "top5_correct": h.top5,
+            "train_images": c.gallery, "val_images": c.images, "skipped": c.skipped,
+        })
+        .to_string();
+    }
+    format!(
+        "k-NN (k={}, T={temperature}): top-1 {:.2}% ({}/{n})  top-5 {:.2}% ({}/{n})  \
+         ({} gallery / {n} images, {} skipped)",
+        h.k,
+        h.top1_percent(),
+        h.top1,
+        h.top5_percent(),
+        h.top5,
+        c.gallery,
+        c.skipped,
+        n = c.images,
+    )
+}

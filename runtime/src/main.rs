@@ -12,7 +12,7 @@ use dino_core::image_set::ImageSet;
 use dino_core::onnx_meta::OUTPUT_ATTENTION;
 use dino_runtime::attention::{DEFAULT_THRESHOLD, check_threshold, montage_png};
 use dino_runtime::engine::{Engine, EngineOptions};
-use dino_runtime::eval::{DEFAULT_NB_KNN, EvalSet};
+use dino_runtime::eval::{Counts, DEFAULT_NB_KNN, EvalSet, report};
 use dino_runtime::gallery::{Gallery, GalleryHeader, UNLABELLED_CLASS};
 use dino_runtime::knn_answer::{ClassSource, KnnParams, nearest_images};
 use dino_runtime::pipeline::{EmbedOptions, embed_paths, prepare};
@@ -382,29 +382,13 @@ fn cmd_eval(cli: &Cli, a: &EvalArgs) -> Result<bool> {
     let embedded: Vec<Option<Vec<f32>>> = results.into_iter().map(Result::ok).collect();
     let skipped = embedded.iter().filter(|e| e.is_none()).count();
     let hits = dino_runtime::eval::evaluate(&g, &set, &embedded, &a.nb_knn, a.temperature as f32)?;
-    let (ntrain, nval) = (g.header.rows, set.paths.len() - skipped);
+    let counts = Counts {
+        gallery: g.header.rows,
+        images: set.paths.len() - skipped,
+        skipped,
+    };
     for h in hits {
-        if a.json {
-            println!(
-                "{}",
-                json!({
-                    "k": h.k, "temperature": a.temperature,
-                    "top1": h.top1_percent(), "top5": h.top5_percent(),
-                    "top1_correct": h.top1, "top5_correct": h.top5,
-                    "train_images": ntrain, "val_images": nval, "skipped": skipped,
-                })
-            );
-        } else {
-            println!(
-                "k-NN (k={}, T={}): top-1 {:.2}% ({}/{nval})  top-5 {:.2}% ({}/{nval})  ({ntrain} gallery / {nval} images, {skipped} skipped)",
-                h.k,
-                a.temperature,
-                h.top1_percent(),
-                h.top1,
-                h.top5_percent(),
-                h.top5,
-            );
-        }
+        println!("{}", report(&h, a.temperature, counts, a.json));
     }
     Ok(skipped == 0)
 }
