@@ -393,11 +393,21 @@ fn cmd_eval(cli: &Cli, a: &EvalArgs) -> Result<bool> {
     Ok(skipped == 0)
 }
 
+const EVAL_EXAMPLES: &str = "\
+Examples:
+  dino-run index --model model.onnx --images data/train --out train.dgal
+  dino-run eval --model model.onnx --gallery train.dgal --images data/val
+  dino-run eval --model model.onnx --gallery train.dgal --images data/val --k 20 --json
+
+Exit status 1 when some images could not be read (they are counted as skipped).";
+
 /// The arguments of `eval`.
 #[derive(Args)]
+#[command(after_help = EVAL_EXAMPLES)]
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// A labelled gallery written by `dino-run index` with this model.
     #[arg(long, value_name = "GALLERY.dgal")]
     gallery: PathBuf,
     /// Labelled query images: an ImageFolder.
