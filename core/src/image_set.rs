@@ -201,6 +201,20 @@ mod tests {
         assert_eq!(s.samples.len(), 3, "{:?}", s.samples);
         assert!(s.samples.iter().all(|x| x.1.is_none()));
 
+        // Images deeper than MAX_DEPTH levels are not searched for.
+        let deep = dir.join("deep");
+        let mut d = deep.clone();
+        for i in 0..=MAX_DEPTH {
+            d = d.join(format!("{i}"));
+            if i == MAX_DEPTH - 2 {
+                touch(&d.join("found.jpg"));
+            }
+        }
+        touch(&d.join("too-deep.jpg"));
+        let s = ImageSet::scan(&deep).unwrap();
+        let names: Vec<_> = s.samples.iter().map(|x| x.0.file_name().unwrap()).collect();
+        assert_eq!(names, ["found.jpg"]);
+
         let empty = dir.join("empty");
         std::fs::create_dir_all(empty.join("sub")).unwrap();
         let e = ImageSet::scan(&empty).unwrap_err().to_string();
