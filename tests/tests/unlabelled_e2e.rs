@@ -1,7 +1,8 @@
 //! Folders without class folders, end to end: `dino-train train` on a flat and on a nested
 //! folder (one tiny epoch; k-NN during training skipped with a note when its folder is
 //! unlabelled), `dino-export`, `dino-run index` of both into unlabelled galleries, `search`
-//! finding each query image itself first at similarity ~1, and `classify` refused.
+//! finding each query image itself first at similarity ~1, and `classify` and `eval`
+//! refused.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -152,6 +153,17 @@ fn flat_and_nested_folders_train_index_and_search() {
                 &s(&gallery),
                 &s(&query),
             ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2));
+        assert!(
+            stderr(&o).contains("the gallery is unlabelled"),
+            "{}",
+            stderr(&o)
+        );
+        let o = dino_run(&dir)
+            .args(["eval", "--model", &s(&model), "--gallery", &s(&gallery)])
+            .args(["--images", &s(&labelled)])
             .output()
             .unwrap();
         assert_eq!(o.status.code(), Some(2));
