@@ -255,7 +255,82 @@ pub fn knn_classify(
         .collect())
 }
 
-/// Top-1 and top-5 accuracy in percent, as `eval_knn.py` reports them.
+/// The hits of one `k`: queries whose label is the best class (top-1) or among the first
+/// `min(5, k)` classes (top-5), out of `queries`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnnHits {
+    pub k: usize,
+    pub top1: usize,
+    pub top5: usize,
+    pub queries: usize,
+}
+
+impl KnnHits {
+    /// Top-1 accuracy in percent.
+    pub fn top1_percent(&self) -> f64 {
+        self.top1 as f64 * 100.0 / self.queries.max(1) as f64
+    }
+
+    /// Top-5 accuracy in percent.
+    pub fn top5_percent(&self) -> f64 {
+        self.top5 as f64 * 100.0 / self.queries.max(1) as f64
+    }
+}
+
+/// The hits of each `k` of `ks`, from one search of the `max(ks)` nearest rows per query:
+/// the `k` nearest are a prefix of them (the order is total), so every `k` gets exactly
+/// what a search of its own would give, and the gallery is scanned once.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_hits(
+    train: &[f32],
+    train_labels: &[usize],
+    dim: usize,
+    num_classes: usize,
+    queries: &[f32],
+    query_labels: &[usize],
+    ks: &[usize],
+    temperature: f32,
+) -> Result<Vec<KnnHits>, CoreError> {
+    let g = Gallery::new(train, train_labels, dim, num_classes)?;
+    let k_max = ks.iter().copied().max().unwrap_or(0);
+    check_params(
+        &g,
+        queries,
+        ks.iter().copied().min().unwrap_or(0),
+        temperature,
+    )?;
+    if queries.len() != query_labels.len() * dim || query_labels.is_empty() {
+        return Err(CoreError::InvalidConfig(format!(
+            "k-NN: {} query values are not {} labelled rows of dimension {dim}",
+            queries.len(),
+            query_labels.len()
+        )));
+    }
+    let mut hits: Vec<KnnHits> = ks
+        .iter()
+        .map(|&k| KnnHits {
+            k,
+            top1: 0,
+            top5: 0,
+            queries: query_labels.len(),
+        })
+        .collect();
+    for (qs, ls) in queries
+        .chunks(ACCURACY_CHUNK * dim)
+        .zip(query_labels.chunks(ACCURACY_CHUNK))
+    {
+        for (n, &label) in nearest_neighbours(&g, qs, k_max).iter().zip(ls) {
+            for h in hits.iter_mut() {
+                let ranked = vote(&n[..h.k.min(n.len())], g.labels, num_classes, temperature);
+                h.top1 += usize::from(ranked[0].0 == label);
+                h.top5 += usize::from(ranked.iter().take(h.k.min(5)).any(|c| c.0 == label));
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// Top-1 and top-5 accuracy in percent of one `k`, as `eval_knn.py` reports them.
 #[allow(clippy::too_many_arguments)]
 pub fn knn_accuracy(
     train: &[f32],
@@ -267,29 +342,17 @@ pub fn knn_accuracy(
     k: usize,
     temperature: f32,
 ) -> Result<(f64, f64), CoreError> {
-    let g = Gallery::new(train, train_labels, dim, num_classes)?;
-    check_params(&g, queries, k, temperature)?;
-    if queries.len() != query_labels.len() * dim || query_labels.is_empty() {
-        return Err(CoreError::InvalidConfig(format!(
-            "k-NN: {} query values are not {} labelled rows of dimension {dim}",
-            queries.len(),
-            query_labels.len()
-        )));
-    }
-    let top5_len = k.min(5);
-    let (mut top1, mut top5) = (0usize, 0usize);
-    for (qs, ls) in queries
-        .chunks(ACCURACY_CHUNK * dim)
-        .zip(query_labels.chunks(ACCURACY_CHUNK))
-    {
-        for (n, &label) in nearest_neighbours(&g, qs, k).iter().zip(ls) {
-            let ranked = vote(n, g.labels, num_classes, temperature);
-            top1 += usize::from(ranked[0].0 == label);
-            top5 += usize::from(ranked.iter().take(top5_len).any(|c| c.0 == label));
-        }
-    }
-    let total = query_labels.len() as f64;
-    Ok((top1 as f64 * 100.0 / total, top5 as f64 * 100.0 / total))
+    let h = knn_hits(
+        train,
+        train_labels,
+        dim,
+        num_classes,
+        queries,
+        query_labels,
+        &[k],
+        temperature,
+    )?;
+    Ok((h[0].top1_percent(), h[0].top5_percent()))
 }
 
 #[cfg(test)]
@@ -354,5 +417,26 @@ mod tests {
         assert_eq!((t1, t5), (100.0, 100.0));
         assert!(knn_classify(&train, &labels, 2, 1, &q, 5, 0.1).is_err());
         assert!(knn_classify(&train, &labels, 2, 3, &q, 0, 0.1).is_err());
+    }
+
+    #[test]
+    fn several_k_in_one_search_equal_separate_searches() {
+        let (n, d, nc) = (3000, 16, 5);
+        let mut train = lcg(n * d, 3);
+        l2_normalize_rows(&mut train, d);
+        let labels: Vec<usize> = (0..n).map(|i| (i * 7 + i / 13) % nc).collect();
+        let mut q = lcg(40 * d, 4);
+        l2_normalize_rows(&mut q, d);
+        let ql: Vec<usize> = (0..40).map(|i| i % nc).collect();
+        let ks = [1, 3, 10, 20, 100, 5000];
+        let all = knn_hits(&train, &labels, d, nc, &q, &ql, &ks, 0.07).unwrap();
+        for (h, &k) in all.iter().zip(&ks) {
+            let one = knn_hits(&train, &labels, d, nc, &q, &ql, &[k], 0.07).unwrap();
+            assert_eq!(*h, one[0]);
+            let (t1, t5) = knn_accuracy(&train, &labels, d, nc, &q, &ql, k, 0.07).unwrap();
+            assert_eq!((t1, t5), (h.top1_percent(), h.top5_percent()));
+        }
+        assert!(knn_hits(&train, &labels, d, nc, &q, &ql, &[], 0.07).is_err());
+        assert!(knn_hits(&train, &labels, d, nc, &q, &ql, &[0, 5], 0.07).is_err());
     }
 }

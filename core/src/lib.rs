@@ -17,6 +17,7 @@ pub use error::CoreError;
 pub mod attention;
 pub mod heatmap;
 pub mod image_io;
+pub mod image_set;
 pub mod knn;
 pub mod linear;
 pub mod onnx_digest;

@@ -30,6 +30,7 @@ fn main() -> anyhow::Result<()> {
         dim,
         rows,
         classes: (0..classes).map(|c| format!("class{c}")).collect(),
+        unlabelled: false,
     };
     let path = std::env::temp_dir().join(format!("knn-bench-{}.dgal", std::process::id()));
     Gallery::new(header, labels, features)?.write(&path)?;

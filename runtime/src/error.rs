@@ -78,6 +78,12 @@ pub enum RuntimeError {
          `dino-run index`"
     )]
     NoPaths,
+    #[error(
+        "the gallery is unlabelled (indexed from a folder without class folders): it answers \
+         search, not k-NN classification; index a labelled ImageFolder (<dir>/<class>/<image>) \
+         to classify"
+    )]
+    UnlabelledGallery,
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -7,7 +7,8 @@
 //! 0       4             magic "DGAL"
 //! 4       4             u32 format version (2; version 1 files are read too)
 //! 8       8             u64 length H of the JSON header
-//! 16      H             JSON header {"fingerprint", "model", "dim", "rows", "classes"}
+//! 16      H             JSON header {"fingerprint", "model", "dim", "rows", "classes"
+//!                       [, "unlabelled": true]}
 //! ..      4 * rows      u32 label per row (index into "classes")
 //! ..      4 * rows*dim  f32 embeddings, row-major, each row of unit L2 norm
 //! ..      8             u64 length P of the paths (version 2 only; 0: none stored)
@@ -18,11 +19,16 @@
 //! The paths are what `dino-run search` and the server's `/v1/search` answer with; they are
 //! only text (never opened by the server).
 //!
+//! An unlabelled gallery (indexed from a folder without class folders) has
+//! `"unlabelled": true` and the one pseudo-class [`UNLABELLED_CLASS`] that every row has: it
+//! answers `search`, and k-NN classification against it is refused. Labelled galleries
+//! leave the key out, so their files are those of earlier versions.
+//!
 //! The fingerprint is the model's `dino_rs.fingerprint`: a gallery is only used with the
 //! weights that produced it.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use dino_core::knn;
@@ -34,6 +40,8 @@ pub const MAGIC: &[u8; 4] = b"DGAL";
 pub const VERSION: u32 = 2;
 /// The first format: no paths section.
 const VERSION_1: u32 = 1;
+/// The class of every row of an unlabelled gallery.
+pub const UNLABELLED_CLASS: &str = "unlabelled";
 /// Upper bound on the JSON header, so a damaged length cannot allocate gigabytes.
 const MAX_HEADER: u64 = 64 << 20;
 
@@ -46,6 +54,22 @@ pub struct GalleryHeader {
     pub dim: usize,
     pub rows: usize,
     pub classes: Vec<String>,
+    /// Rows without classes: `classes` is `[UNLABELLED_CLASS]`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlabelled: bool,
+}
+
+impl GalleryHeader {
+    /// Checks that an unlabelled header has exactly the pseudo-class.
+    fn check(&self) -> Result<(), String> {
+        if self.unlabelled && self.classes != [UNLABELLED_CLASS] {
+            return Err(format!(
+                "an unlabelled gallery has the one class `{UNLABELLED_CLASS}`, not {:?}",
+                self.classes
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -57,21 +81,10 @@ pub struct Gallery {
     pub paths: Option<Vec<String>>,
 }
 
-/// A writer/reader that keeps a running CRC-32 of what passes through.
+/// A reader that keeps a running CRC-32 of what passes through.
 struct Crc<T> {
     inner: T,
     crc: crc32fast::Hasher,
-}
-
-impl<W: Write> Write for Crc<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 impl<R: Read> Read for Crc<R> {
@@ -89,6 +102,9 @@ impl Gallery {
         labels: Vec<usize>,
         mut features: Vec<f32>,
     ) -> Result<Self, RuntimeError> {
+        header
+            .check()
+            .map_err(|why| RuntimeError::Core(dino_core::CoreError::InvalidConfig(why)))?;
         knn::Gallery::new(&features, &labels, header.dim, header.classes.len())?;
         knn::l2_normalize_rows(&mut features, header.dim);
         Ok(Self {
@@ -127,6 +143,14 @@ impl Gallery {
         }
     }
 
+    /// Refuses an unlabelled gallery where classes are needed (k-NN classification).
+    pub fn require_labels(&self) -> Result<(), RuntimeError> {
+        if self.header.unlabelled {
+            return Err(RuntimeError::UnlabelledGallery);
+        }
+        Ok(())
+    }
+
     /// Refuses a gallery built with other weights.
     pub fn check_fingerprint(
         &self,
@@ -143,45 +167,31 @@ impl Gallery {
         Ok(())
     }
 
+    /// Writes the file atomically (a temporary file renamed over `path`).
     pub fn write(&self, path: &Path) -> Result<(), RuntimeError> {
-        let io = |e| RuntimeError::io(path, e);
-        let header = serde_json::to_vec(&self.header).map_err(|e| RuntimeError::BadGallery {
+        let bad = |e: serde_json::Error| RuntimeError::BadGallery {
             path: path.to_path_buf(),
             why: e.to_string(),
-        })?;
-        let mut w = Crc {
-            inner: BufWriter::new(File::create(path).map_err(io)?),
-            crc: crc32fast::Hasher::new(),
         };
-        w.write_all(MAGIC).map_err(io)?;
-        w.write_all(&VERSION.to_le_bytes()).map_err(io)?;
-        w.write_all(&(header.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        w.write_all(&header).map_err(io)?;
-        let labels: Vec<u8> = self
-            .labels
-            .iter()
-            .flat_map(|&l| (l as u32).to_le_bytes())
-            .collect();
-        w.write_all(&labels).map_err(io)?;
-        for chunk in self.features.chunks(1 << 16) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-            w.write_all(&bytes).map_err(io)?;
-        }
+        let header = serde_json::to_vec(&self.header).map_err(bad)?;
         let paths = match &self.paths {
-            Some(p) => serde_json::to_vec(p).map_err(|e| RuntimeError::BadGallery {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })?,
+            Some(p) => serde_json::to_vec(p).map_err(bad)?,
             None => Vec::new(),
         };
-        w.write_all(&(paths.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        w.write_all(&paths).map_err(io)?;
-        let crc = w.crc.clone().finalize();
-        let mut inner = w.inner;
-        inner.write_all(&crc.to_le_bytes()).map_err(io)?;
-        inner.flush().map_err(io)
+        let mut w = Vec::with_capacity(
+            36 + header.len() + paths.len() + 4 * (self.labels.len() + self.features.len()),
+        );
+        w.extend_from_slice(MAGIC);
+        w.extend_from_slice(&VERSION.to_le_bytes());
+        w.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        w.extend_from_slice(&header);
+        w.extend(self.labels.iter().flat_map(|&l| (l as u32).to_le_bytes()));
+        w.extend(self.features.iter().flat_map(|v| v.to_le_bytes()));
+        w.extend_from_slice(&(paths.len() as u64).to_le_bytes());
+        w.extend_from_slice(&paths);
+        let crc = crc32fast::hash(&w);
+        w.extend_from_slice(&crc.to_le_bytes());
+        Ok(dino_core::st::write_bytes_atomic(path, &w)?)
     }
 
     pub fn read(path: &Path) -> Result<Self, RuntimeError> {
@@ -218,6 +228,7 @@ impl Gallery {
         r.read_exact(&mut hbytes).map_err(truncated)?;
         let header: GalleryHeader =
             serde_json::from_slice(&hbytes).map_err(|e| bad(format!("header: {e}")))?;
+        header.check().map_err(bad)?;
         let arrays = 16u64
             .checked_add(hlen)
             .and_then(|v| v.checked_add((header.rows as u64).checked_mul(4)?))
@@ -310,6 +321,7 @@ mod tests {
             dim: 2,
             rows: 0,
             classes: vec!["cat".into(), "dog".into()],
+            unlabelled: false,
         };
         Gallery::new(header, vec![0, 1, 1], vec![3.0, 4.0, 0.0, 2.0, 1.0, 1.0]).unwrap()
     }
@@ -377,6 +389,37 @@ mod tests {
         let back = Gallery::read(&p).unwrap();
         assert_eq!(back.paths, None);
         assert_eq!(back.features, sample().features);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unlabelled_galleries_round_trip_and_refuse_classes() {
+        let dir = std::env::temp_dir().join(format!("dgal-unlabelled-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("g.dgal");
+        let header = GalleryHeader {
+            classes: vec![UNLABELLED_CLASS.into()],
+            unlabelled: true,
+            ..sample().header
+        };
+        let g = Gallery::new(header.clone(), vec![0, 0], vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+        assert!(matches!(
+            g.require_labels(),
+            Err(RuntimeError::UnlabelledGallery)
+        ));
+        g.write(&p).unwrap();
+        let back = Gallery::read(&p).unwrap();
+        assert!(back.header.unlabelled);
+        assert!(sample().require_labels().is_ok());
+        // Labelled headers are written as before: no `unlabelled` key.
+        sample().write(&p).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("unlabelled"));
+        let two = GalleryHeader {
+            classes: vec!["a".into(), "b".into()],
+            ..header
+        };
+        assert!(Gallery::new(two, vec![0, 1], vec![1.0, 0.0, 0.0, 1.0]).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

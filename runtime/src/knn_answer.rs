@@ -78,6 +78,7 @@ impl ClassSource<'_> {
         match self {
             ClassSource::Linear(c) => linear_top(c, values, topk),
             ClassSource::Knn(g, p) => {
+                g.require_labels()?;
                 check_dim(g, values)?;
                 let kg = g.knn();
                 let neighbours = knn::nearest_neighbours(&kg, values, p.k);

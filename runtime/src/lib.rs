@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod gallery;
 pub mod knn_answer;
 pub mod model;

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use dino_core::image_io::{ImageFolder, load_rgb};
+use dino_core::image_io::load_rgb;
+use dino_core::image_set::ImageSet;
 use dino_core::onnx_meta::{OUTPUT_ATTENTION, OUTPUT_EMBEDDING, OUTPUT_LOGITS};
 use dino_runtime::attention::{DEFAULT_THRESHOLD, check_threshold, montage_png};
 use dino_runtime::engine::{Engine, EngineOptions};
-use dino_runtime::gallery::{Gallery, GalleryHeader};
+use dino_runtime::eval::{Counts, DEFAULT_NB_KNN, EvalSet, report};
+use dino_runtime::gallery::{Gallery, GalleryHeader, UNLABELLED_CLASS};
 use dino_runtime::knn_answer::{ClassSource, KnnParams, nearest_images};
 use dino_runtime::pipeline::{EmbedOptions, embed_paths, prepare};
 use dino_runtime::serve;
@@ -30,6 +32,8 @@ Examples:
   dino-run classify --model classifier.onnx photo.jpg --topk 3   (a model exported with
       --linear-head: softmax of its `logits`, no gallery needed)
   dino-run search --model model.onnx --gallery gallery.dgal photo.jpg --topk 5
+  dino-run index --model model.onnx --images holiday-photos/ --out photos.dgal   (unlabelled)
+  dino-run eval --model model.onnx --gallery gallery.dgal --images data/val --nb_knn 10 20
   dino-run attention --model model.onnx photo.jpg --out attn.png
   dino-run serve --model model.onnx --gallery gallery.dgal --bind 127.0.0.1:8080
   dino-run --device cuda:0 --threads 4 embed --model model.onnx *.jpg
@@ -101,7 +105,9 @@ enum Command {
         #[arg(long)]
         raw: bool,
     },
-    /// Embed a labelled ImageFolder (<dir>/<class>/<image>) into a gallery file.
+    /// Embed a folder of images into a gallery file. An ImageFolder (every image in a class
+    /// folder, <dir>/<class>/<image>) keeps its classes; any other folder, flat or nested,
+    /// gives an unlabelled gallery, which answers `search` but not `classify`.
     Index {
         #[command(flatten)]
         model: ModelArgs,
@@ -134,6 +140,10 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         topk: usize,
     },
+    /// k-NN top-1/top-5 of a labelled ImageFolder against a gallery, per k (as `dino-train
+    /// knn` with the gallery as the train set). Folder classes are matched to the gallery's
+    /// by name.
+    Eval(EvalArgs),
     /// Serve embeddings, classification, search and attention maps over HTTP with dynamic
     /// batching (SIGTERM drains and exits, SIGHUP reloads the model and gallery).
     Serve(ServeArgs),
@@ -337,15 +347,16 @@ fn cmd_embed(
 }
 
 fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<bool> {
-    let folder = ImageFolder::scan(images)?;
+    let set = ImageSet::scan(images)?;
+    eprintln!("{}: {}", images.display(), set.describe());
     let mut m = open_model(cli, &model.model)?;
-    let paths: Vec<PathBuf> = folder.samples.iter().map(|s| s.0.clone()).collect();
+    let paths: Vec<PathBuf> = set.samples.iter().map(|s| s.0.clone()).collect();
     let run = (model.batch_size, OUTPUT_EMBEDDING, true);
     let results = embed_all(&mut m, &paths, run, "indexing")?;
     let (mut labels, mut features, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-    for (r, s) in results.iter().zip(&folder.samples) {
+    for (r, s) in results.iter().zip(&set.samples) {
         if let Ok(e) = r {
-            labels.push(s.1);
+            labels.push(s.1.unwrap_or(0));
             features.extend_from_slice(e);
             kept.push(s.0.to_string_lossy().into_owned());
         }
@@ -357,6 +368,10 @@ fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<
             paths.len()
         );
     }
+    let (classes, unlabelled) = match set.classes() {
+        Some(c) => (c.to_vec(), false),
+        None => (vec![UNLABELLED_CLASS.to_string()], true),
+    };
     let header = GalleryHeader {
         fingerprint: m.info.fingerprint.clone(),
         model: model
@@ -366,19 +381,88 @@ fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<
             .unwrap_or_default(),
         dim: features.len() / labels.len(),
         rows: labels.len(),
-        classes: folder.classes.clone(),
+        classes,
+        unlabelled,
     };
     let n = labels.len();
     Gallery::new(header, labels, features)?
         .with_paths(kept)?
         .write(out)?;
+    let what = match set.classes() {
+        Some(c) => format!("{} classes", c.len()),
+        None => "no classes (unlabelled: search only)".into(),
+    };
     eprintln!(
-        "{}: {n} images of {} classes (of {} files)",
+        "{}: {n} images of {what} (of {} files)",
         out.display(),
-        folder.classes.len(),
         paths.len()
     );
     Ok(n == paths.len())
+}
+
+/// `eval`: embeds the labelled folder and prints the k-NN accuracy per k.
+fn cmd_eval(cli: &Cli, a: &EvalArgs) -> Result<bool> {
+    KnnParams {
+        k: a.nb_knn.iter().copied().min().unwrap_or(0),
+        temperature: a.temperature as f32,
+    }
+    .check()
+    .map_err(|why| anyhow::anyhow!("--{why}"))?;
+    let mut m = open_model(cli, &a.model.model)?;
+    let g = Gallery::read(&a.gallery)?;
+    g.check_fingerprint(&a.gallery, &m.info.fingerprint)?;
+    let set = EvalSet::scan(&a.images, &g, &a.gallery)?;
+    let run = (a.model.batch_size, OUTPUT_EMBEDDING, true);
+    let results = embed_all(&mut m, &set.paths, run, "evaluating")?;
+    let embedded: Vec<Option<Vec<f32>>> = results.into_iter().map(Result::ok).collect();
+    let skipped = embedded.iter().filter(|e| e.is_none()).count();
+    let hits = dino_runtime::eval::evaluate(&g, &set, &embedded, &a.nb_knn, a.temperature as f32)?;
+    let counts = Counts {
+        gallery: g.header.rows,
+        images: set.paths.len() - skipped,
+        skipped,
+    };
+    for h in hits {
+        println!("{}", report(&h, a.temperature, counts, a.json));
+    }
+    Ok(skipped == 0)
+}
+
+const EVAL_EXAMPLES: &str = "\
+Examples:
+  dino-run index --model model.onnx --images data/train --out train.dgal
+  dino-run eval --model model.onnx --gallery train.dgal --images data/val
+  dino-run eval --model model.onnx --gallery train.dgal --images data/val --k 20 --json
+
+Exit status 1 when some images could not be read (they are counted as skipped).";
+
+/// The arguments of `eval`.
+#[derive(Args)]
+#[command(after_help = EVAL_EXAMPLES)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A labelled gallery written by `dino-run index` with this model.
+    #[arg(long, value_name = "GALLERY.dgal")]
+    gallery: PathBuf,
+    /// Labelled query images: an ImageFolder.
+    #[arg(long, value_name = "DIR")]
+    images: PathBuf,
+    /// Neighbours voting; several values are evaluated from one search.
+    #[arg(
+        long = "nb_knn",
+        visible_alias = "k",
+        value_name = "K",
+        num_args = 1..,
+        default_values_t = DEFAULT_NB_KNN
+    )]
+    nb_knn: Vec<usize>,
+    /// Temperature of the vote weights exp(similarity / T).
+    #[arg(long, default_value_t = 0.07)]
+    temperature: f64,
+    /// One JSON object per k (one per line).
+    #[arg(long)]
+    json: bool,
 }
 
 fn cmd_attention(
@@ -443,6 +527,7 @@ fn run(cli: &Cli) -> Result<bool> {
             out,
             threshold,
         } => cmd_attention(cli, model, image, out, *threshold),
+        Command::Eval(a) => cmd_eval(cli, a),
         Command::Serve(a) => cmd_serve(cli, a),
     }
 }

@@ -226,6 +226,8 @@ fn gathered_knn_of_two_ranks_equals_the_one_process_knn() {
             "--json",
             "--device",
             "cpu",
+            "--k",
+            "20",
             "--checkpoint",
         ])
         .arg(out.join("teacher.safetensors"))

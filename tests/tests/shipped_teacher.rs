@@ -18,7 +18,9 @@ fn shipped_teacher_classifies_cifar_far_above_random_features() {
     assert!(teacher.exists(), "{} is missing", teacher.display());
     let stdout = run_ok(
         Command::new(bin("dino-train"))
-            .args(["knn", "--native", "--json", "--quiet", "--device", "cpu"])
+            .args([
+                "knn", "--native", "--json", "--quiet", "--device", "cpu", "--k", "20",
+            ])
             .arg("--checkpoint")
             .arg(&teacher)
             .arg("--train")

@@ -19,6 +19,7 @@ Examples:
   dino-train train --arch vit_small --patch_size 16 --data_path /data/imagenet/train
   dino-train knn --checkpoint runs/try/teacher.safetensors \\
       --train ../shared/data/cifar10-mini/train --val ../shared/data/cifar10-mini/test --native
+  dino-train knn --load_features feats/ --nb_knn 10 20 100 200
   dino-train attention --checkpoint runs/try/teacher.safetensors --image photo.jpg --out attn/
   dino-train attention --checkpoint runs/try/checkpoint.safetensors --image photos/ \\
       --img-size 480 --threshold 0.6 --out attn/
@@ -51,7 +52,8 @@ pub enum Command {
     /// Options use the official main_dino.py names; a TOML file given with --config sets
     /// any of them, and flags override the file.
     Train(TrainArgs),
-    /// Weighted k-NN accuracy of a teacher on labelled ImageFolders (eval_knn.py).
+    /// Weighted k-NN accuracy of a teacher on labelled ImageFolders (eval_knn.py): several
+    /// k from one feature extraction; features can be dumped and voted on again.
     Knn(KnnArgs),
     /// Speed of the training step on synthetic crops already on the device (one JSON line).
     Bench(BenchArgs),
@@ -328,23 +330,76 @@ fn option_arg(o: &OptionInfo, default: Option<&toml::Value>) -> clap::Arg {
     }
 }
 
+const KNN_EXAMPLES: &str = "\
+Examples:
+  dino-train knn --pretrained_weights runs/try/teacher.safetensors \\
+      --data_path ../shared/data/cifar10-mini --native       (folders train/ and val/)
+  dino-train knn --pretrained_weights dino_deitsmall16_pretrain_full_checkpoint.pth \\
+      --checkpoint_key teacher --train data/train --val data/val --nb_knn 10 20 100 200
+  dino-train knn --checkpoint runs/try/checkpoint.safetensors --checkpoint_key student \\
+      --train data/train --val data/val --k 20 --json
+  dino-train knn --checkpoint runs/try/teacher.safetensors --train data/train --val data/val \\
+      --dump_features feats/
+  dino-train knn --load_features feats/ --nb_knn 5 50 --temperature 0.1
+
+--dump_features writes <DIR>/knn_features.safetensors (L2-normalised train/test features,
+their labels, the class names); --load_features reads it, or the trainfeat.pth,
+testfeat.pth, trainlabels.pth and testlabels.pth of the official eval_knn.py.";
+
+/// The official `--nb_knn` default of `eval_knn.py`.
+pub const DEFAULT_NB_KNN: [usize; 4] = [10, 20, 100, 200];
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = KNN_EXAMPLES)]
 pub struct KnnArgs {
-    /// A teacher.safetensors or training checkpoint (its teacher is used).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// Weights: a dino-rs teacher.safetensors or training checkpoint, an official .pth
+    /// (backbone or training checkpoint) or official-key safetensors.
+    #[arg(
+        long = "pretrained_weights",
+        visible_alias = "checkpoint",
+        value_name = "FILE",
+        required_unless_present = "load_features"
+    )]
+    pub pretrained_weights: Option<PathBuf>,
+    /// The network of a training checkpoint [default: teacher].
+    #[arg(long = "checkpoint_key", value_enum, requires = "pretrained_weights")]
+    pub checkpoint_key: Option<CheckpointKey>,
+    /// A folder holding the train/ and val/ ImageFolders.
+    #[arg(
+        long = "data_path",
+        value_name = "DIR",
+        conflicts_with_all = ["train", "val"],
+        required_unless_present_any = ["train", "load_features"]
+    )]
+    pub data_path: Option<PathBuf>,
     /// Labelled reference images (ImageFolder).
-    #[arg(long)]
-    pub train: PathBuf,
+    #[arg(long, value_name = "DIR", requires = "val")]
+    pub train: Option<PathBuf>,
     /// Labelled query images (ImageFolder).
-    #[arg(long)]
-    pub val: PathBuf,
-    /// Neighbours voting.
-    #[arg(long, default_value_t = KnnConfig::default().knn_k)]
-    pub k: usize,
+    #[arg(long, value_name = "DIR", requires = "train")]
+    pub val: Option<PathBuf>,
+    /// Neighbours voting; several values are evaluated from one search.
+    #[arg(
+        long = "nb_knn",
+        visible_alias = "k",
+        value_name = "K",
+        num_args = 1..,
+        default_values_t = DEFAULT_NB_KNN
+    )]
+    pub nb_knn: Vec<usize>,
     /// Temperature of the vote weights exp(sim / T).
     #[arg(long, default_value_t = KnnConfig::default().knn_temperature)]
     pub temperature: f64,
+    /// Also write the features and labels into this folder.
+    #[arg(long = "dump_features", value_name = "DIR")]
+    pub dump_features: Option<PathBuf>,
+    /// Vote on features written by --dump_features (no model, no images).
+    #[arg(
+        long = "load_features",
+        value_name = "DIR",
+        conflicts_with_all = ["pretrained_weights", "data_path", "train", "native", "resize", "crop"]
+    )]
+    pub load_features: Option<PathBuf>,
     /// Images already have the model's input size (e.g. 32x32 CIFAR for an img_size-32
     /// model): no resize, no crop.
     #[arg(long, conflicts_with_all = ["resize", "crop"])]
@@ -358,7 +413,7 @@ pub struct KnnArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// Print the result as JSON.
+    /// Print one JSON object per k (one per line).
     #[arg(long)]
     pub json: bool,
     #[arg(long, short)]

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use dino_core::EvalTransform;
 use dino_core::image_io::{ImageFolder, load_rgb};
-use dino_core::knn::{knn_accuracy, l2_normalize_rows};
+use dino_core::image_set::ImageSet;
+use dino_core::knn::l2_normalize_rows;
 use dino_core::preprocess::{eval_transform_into, image_len, validate};
 use dino_models::VisionTransformer;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::TrainConfig;
 use crate::dist::Dist;
 use crate::error::{Result, TrainError};
+use crate::knn_features::KnnFeatures;
 use crate::model::DinoNet;
 
 /// Images per forward pass: bounds memory for any dataset size.
@@ -200,6 +202,43 @@ fn embed_chunk(
     })
 }
 
+/// The L2-normalised features of a labelled `train` (gallery) and `val` (query)
+/// ImageFolder, whose class names must be the same; with `dist`, the ranks share the
+/// extraction and all get the features.
+pub fn extract_pair(
+    model: &VisionTransformer,
+    train: &Path,
+    val: &Path,
+    t: &EvalTransform,
+    device: Device,
+    quiet: bool,
+    dist: Option<&Dist>,
+) -> Result<KnnFeatures> {
+    let classes = ImageFolder::scan(train)?.classes;
+    let val_classes = ImageFolder::scan(val)?.classes;
+    if classes != val_classes {
+        return Err(TrainError::run(
+            val,
+            format!(
+                "classes {val_classes:?} differ from those of {} ({classes:?})",
+                train.display()
+            ),
+        ));
+    }
+    let (tf, tl, _, s1) = extract_shared(model, train, t, device, quiet, dist)?;
+    let (vf, vl, _, s2) = extract_shared(model, val, t, device, quiet, dist)?;
+    Ok(KnnFeatures {
+        dim: model.cfg.embed_dim,
+        classes,
+        train: tf,
+        train_labels: tl,
+        test: vf,
+        test_labels: vl,
+        skipped: s1 + s2,
+        eval: Some(t.clone()),
+    })
+}
+
 /// Weighted k-NN top-1/top-5 (percent) of `val` against `train`; with `dist`, the ranks
 /// share the feature extraction and all get the result.
 #[allow(clippy::too_many_arguments)]
@@ -214,23 +253,37 @@ pub fn evaluate(
     quiet: bool,
     dist: Option<&Dist>,
 ) -> Result<KnnResult> {
-    let (tf, tl, classes, s1) = extract_shared(model, train, t, device, quiet, dist)?;
-    let (vf, vl, vclasses, s2) = extract_shared(model, val, t, device, quiet, dist)?;
-    if classes != vclasses {
-        return Err(TrainError::run(
-            val,
-            format!("{vclasses} classes, but {} has {classes}", train.display()),
-        ));
-    }
-    let dim = model.cfg.embed_dim;
-    let (top1, top5) = knn_accuracy(&tf, &tl, dim, classes, &vf, &vl, k, temperature as f32)?;
+    let f = extract_pair(model, train, val, t, device, quiet, dist)?;
+    let h = f.hits(&[k], temperature)?[0];
     Ok(KnnResult {
-        top1,
-        top5,
-        train_images: tl.len(),
-        val_images: vl.len(),
-        skipped: s1 + s2,
+        top1: h.top1_percent(),
+        top5: h.top5_percent(),
+        train_images: f.train_labels.len(),
+        val_images: f.test_labels.len(),
+        skipped: f.skipped,
     })
+}
+
+/// Why the k-NN evaluation of a training job cannot run: `knn_train` or `knn_val` is a
+/// folder without class folders. `None` when both are labelled, or k-NN is off.
+pub fn unlabelled_note(cfg: &TrainConfig) -> Result<Option<String>> {
+    let k = &cfg.knn;
+    if k.knn_freq == 0 {
+        return Ok(None);
+    }
+    for (key, path) in [("knn_train", &k.knn_train), ("knn_val", &k.knn_val)] {
+        let Some(path) = path else { continue };
+        let set = ImageSet::scan(path)?;
+        if set.classes().is_none() {
+            return Ok(Some(format!(
+                "k-NN evaluation skipped: {key} {} is {}; k-NN needs labelled ImageFolders \
+                 (<dir>/<class>/<image>)",
+                path.display(),
+                set.describe()
+            )));
+        }
+    }
+    Ok(None)
 }
 
 /// The periodic evaluation of a running training job (teacher backbone), on every rank.

@@ -13,6 +13,7 @@ pub mod ema;
 pub mod error;
 pub mod flat;
 pub mod knn_eval;
+pub mod knn_features;
 pub mod launch;
 pub mod linear;
 pub mod loss;

@@ -9,7 +9,7 @@ use dino_core::EvalTransform;
 
 use cli::{AttentionArgs, BenchArgs, Cli, Command, KnnArgs, LinearArgs, PlotArgs, TrainArgs};
 use dino_train::config::TrainConfig;
-use dino_train::{attention, bench, device, knn_eval, linear, plot, trainer};
+use dino_train::{attention, bench, device, knn_eval, knn_features, linear, plot, trainer};
 
 fn main() {
     // CPU tuning of the process (see both functions); DINO_CPU_DEFAULTS=1 leaves the
@@ -91,7 +91,7 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     anyhow::ensure!(
         !cfg.run.data_path.as_os_str().is_empty(),
-        "no data_path: give --data_path <ImageFolder> or set it in the config file"
+        "no data_path: give --data_path <folder of images> or set it in the config file"
     );
     if let Some(n) = a
         .nproc_per_node
@@ -154,60 +154,108 @@ fn launch(cfg: &TrainConfig, nproc: usize) -> Result<()> {
 }
 
 fn knn(a: KnnArgs) -> Result<()> {
+    anyhow::ensure!(
+        a.nb_knn.iter().all(|&k| k > 0),
+        "--nb_knn: every k must be positive (got {:?})",
+        a.nb_knn
+    );
+    anyhow::ensure!(
+        a.temperature > 0.0,
+        "--temperature must be greater than 0 (got {})",
+        a.temperature
+    );
+    let feats = match &a.load_features {
+        Some(dir) => knn_features::KnnFeatures::load(dir)
+            .with_context(|| format!("--load_features {}", dir.display()))?,
+        None => knn_extract(&a)?,
+    };
+    if let Some(dir) = &a.dump_features {
+        let p = feats.dump(dir)?;
+        if !a.quiet {
+            eprintln!("features written to {}", p.display());
+        }
+    }
+    let hits = feats.hits(&a.nb_knn, a.temperature)?;
+    let (ntrain, nval) = (feats.train_labels.len(), feats.test_labels.len());
+    for h in hits {
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "k": h.k, "temperature": a.temperature,
+                    "top1": h.top1_percent(), "top5": h.top5_percent(),
+                    "top1_correct": h.top1, "top5_correct": h.top5,
+                    "train_images": ntrain, "val_images": nval, "skipped": feats.skipped,
+                    "resize": feats.eval.as_ref().map(|t| t.resize_size),
+                    "crop": feats.eval.as_ref().map(|t| t.crop_size),
+                })
+            );
+        } else {
+            println!(
+                "k-NN (k={}, T={}): top-1 {:.2}%  top-5 {:.2}%  ({ntrain} train / {nval} val images, {} skipped)",
+                h.k,
+                a.temperature,
+                h.top1_percent(),
+                h.top5_percent(),
+                feats.skipped
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the backbone of `--pretrained_weights` over the train and val folders.
+fn knn_extract(a: &KnnArgs) -> Result<knn_features::KnnFeatures> {
+    let (train, val) = match (&a.data_path, &a.train, &a.val) {
+        (Some(d), _, _) => (d.join("train"), d.join("val")),
+        (None, Some(t), Some(v)) => (t.clone(), v.clone()),
+        _ => anyhow::bail!("give --data_path DIR (with train/ and val/) or --train and --val"),
+    };
+    let weights = a
+        .pretrained_weights
+        .as_deref()
+        .context("give --pretrained_weights (or --load_features)")?;
     let device = device::select_device(a.device)?;
-    let loaded = dino_models::io::load_backbone(&a.checkpoint, device)
-        .with_context(|| format!("cannot load {}", a.checkpoint.display()))?;
+    let key = a.checkpoint_key.map(|k| k.as_str());
+    let loaded = dino_models::io::load_pretrained(weights, key, device)
+        .with_context(|| format!("cannot load {}", weights.display()))?;
+    let t = knn_transform(a, &loaded);
+    Ok(knn_eval::extract_pair(
+        &loaded.model,
+        &train,
+        &val,
+        &t,
+        device,
+        a.quiet,
+        None,
+    )?)
+}
+
+/// The eval transform of `knn`: the checkpoint's, `--native`, or `--resize`/`--crop`.
+fn knn_transform(a: &KnnArgs, loaded: &dino_models::io::LoadedBackbone) -> EvalTransform {
     let img = loaded.model.cfg.img_size;
     let base = loaded
         .eval
         .clone()
         .unwrap_or_else(|| EvalTransform::standard(img));
-    let t = if a.native {
-        EvalTransform {
+    if a.native {
+        return EvalTransform {
             resize_size: img,
             crop_size: img,
             ..base
-        }
-    } else {
-        let crop = a.crop.unwrap_or(base.crop_size);
-        let resize = a.resize.unwrap_or(if a.crop.is_some() {
-            EvalTransform::standard(crop).resize_size
-        } else {
-            base.resize_size
-        });
-        EvalTransform {
-            resize_size: resize,
-            crop_size: crop,
-            ..base
-        }
-    };
-    let r = knn_eval::evaluate(
-        &loaded.model,
-        &a.train,
-        &a.val,
-        &t,
-        a.k,
-        a.temperature,
-        device,
-        a.quiet,
-        None,
-    )?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "top1": r.top1, "top5": r.top5, "k": a.k, "temperature": a.temperature,
-                "train_images": r.train_images, "val_images": r.val_images, "skipped": r.skipped,
-                "resize": t.resize_size, "crop": t.crop_size,
-            })
-        );
-    } else {
-        println!(
-            "k-NN (k={}, T={}): top-1 {:.2}%  top-5 {:.2}%  ({} train / {} val images, {} skipped)",
-            a.k, a.temperature, r.top1, r.top5, r.train_images, r.val_images, r.skipped
-        );
+        };
     }
-    Ok(())
+    let crop = a.crop.unwrap_or(base.crop_size);
+    let resize = a.resize.unwrap_or(if a.crop.is_some() {
+        EvalTransform::standard(crop).resize_size
+    } else {
+        base.resize_size
+    });
+    EvalTransform {
+        resize_size: resize,
+        crop_size: crop,
+        ..base
+    }
 }
 
 fn linear(a: LinearArgs) -> Result<()> {

@@ -1,10 +1,13 @@
-//! An ImageFolder whose unreadable files are found, reported and counted rather than fatal.
+//! The training images of a folder, labelled (an ImageFolder) or not (see
+//! [`dino_core::image_set`] for the rule), whose unreadable files are found, reported and
+//! counted rather than fatal. DINO needs no labels; they are kept for evaluation only.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use dino_core::CoreError;
-use dino_core::image_io::{ImageFolder, decode_rgb};
+use dino_core::image_io::decode_rgb;
+use dino_core::image_set::{ImageSet, Labels};
 use image::RgbImage;
 use rayon::prelude::*;
 
@@ -28,11 +31,15 @@ pub struct SkippedFile {
     pub reason: String,
 }
 
-/// The readable images of an ImageFolder (`root/<class>/<file>`, sorted as torchvision).
+/// The label of an image of an unlabelled folder.
+pub const NO_LABEL: i64 = -1;
+
+/// The readable images of a folder: an ImageFolder (`root/<class>/<file>`, sorted as
+/// torchvision) or, without class folders, every image found ([`NO_LABEL`] each).
 #[derive(Debug)]
 pub struct ImageDataset {
     root: PathBuf,
-    classes: Vec<String>,
+    labels: Labels,
     samples: Vec<(PathBuf, i64)>,
     skipped: Mutex<Vec<SkippedFile>>,
 }
@@ -78,7 +85,7 @@ impl ImageDataset {
     /// pool), and keeps the readable ones; each skipped file is warned about on stderr and
     /// listed in [`ImageDataset::skipped`]. An empty or entirely unreadable folder is an error.
     pub fn open(root: &Path, verify: Verify) -> Result<Self, DataError> {
-        let folder = ImageFolder::scan(root)?;
+        let folder = ImageSet::scan(root)?;
         let total = folder.samples.len();
         let results: Vec<Result<(), String>> = folder
             .samples
@@ -89,7 +96,7 @@ impl ImageDataset {
         let mut skipped = Vec::new();
         for ((path, class), r) in folder.samples.into_iter().zip(results) {
             match r {
-                Ok(()) => samples.push((path, class as i64)),
+                Ok(()) => samples.push((path, class.map_or(NO_LABEL, |c| c as i64))),
                 Err(reason) => {
                     let s = SkippedFile { path, reason };
                     warn(&s);
@@ -106,7 +113,7 @@ impl ImageDataset {
         }
         Ok(Self {
             root: root.to_path_buf(),
-            classes: folder.classes,
+            labels: folder.labels,
             samples,
             skipped: Mutex::new(skipped),
         })
@@ -116,9 +123,24 @@ impl ImageDataset {
         &self.root
     }
 
-    /// Class names (first-level folder names, sorted); labels index into this.
+    /// Class names (first-level folder names, sorted); labels index into this. Empty for an
+    /// unlabelled folder.
     pub fn classes(&self) -> &[String] {
-        &self.classes
+        match &self.labels {
+            Labels::Classes(c) => c,
+            Labels::Unlabelled { .. } => &[],
+        }
+    }
+
+    /// Whether the folder is an ImageFolder (every image in a class folder).
+    pub fn is_labelled(&self) -> bool {
+        matches!(self.labels, Labels::Classes(_))
+    }
+
+    /// What the folder is (labelled or not, how many readable images), for the start-up
+    /// line.
+    pub fn describe(&self) -> String {
+        self.labels.describe(self.samples.len())
     }
 
     /// Number of readable images.

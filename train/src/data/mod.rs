@@ -1,4 +1,4 @@
-//! The training data pipeline: ImageFolder loading, the DINO multi-crop augmentation and a
+//! The training data pipeline: loading of labelled (ImageFolder) or unlabelled folders, the DINO multi-crop augmentation and a
 //! parallel, prefetching, seed-deterministic batch loader.
 //!
 //! The augmentation reproduces `DataAugmentationDINO` of the official `main_dino.py`
@@ -44,7 +44,7 @@ use dino_core::CoreError;
 use crate::config::OptimConfig;
 
 pub use augment::{ColorJitterParams, CropBox, JitterOp, MultiCrop, PhotometricParams, ViewParams};
-pub use dataset::{ImageDataset, SkippedFile, Verify};
+pub use dataset::{ImageDataset, NO_LABEL, SkippedFile, Verify};
 pub use device_photometric::DevicePhotometric;
 pub use loader::{EpochBatches, Loader};
 pub use rng::SampleRng;
@@ -250,7 +250,7 @@ pub struct MultiCropBatch {
     pub global: Vec<f32>,
     /// `[n_local * B, 3, L, L]` normalised pixels (empty with [`Photometric::Deferred`]).
     pub local: Vec<f32>,
-    /// Class index of every sample (for evaluation only).
+    /// Class index of every sample (for evaluation only; [`NO_LABEL`] when unlabelled).
     pub labels: Vec<i64>,
     /// Dataset index of every sample.
     pub indices: Vec<usize>,

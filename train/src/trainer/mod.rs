@@ -72,6 +72,8 @@ pub struct Position {
 /// A training run: data, networks and their state, output folder.
 pub struct Trainer {
     cfg: TrainConfig,
+    /// k-NN evaluation is off because a k-NN folder has no class folders.
+    knn_unlabelled: bool,
     opts: RunOptions,
     device: Device,
     loader: Loader,
@@ -104,6 +106,17 @@ impl Trainer {
         let dataset = Arc::new(ImageDataset::open(&cfg.run.data_path, Verify::Full)?);
         for s in dataset.skipped().iter().filter(|_| main) {
             eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
+        }
+        let knn_note = crate::knn_eval::unlabelled_note(cfg)?;
+        if main {
+            eprintln!(
+                "data: {}: {}",
+                cfg.run.data_path.display(),
+                dataset.describe()
+            );
+            if let Some(note) = &knn_note {
+                eprintln!("note: {note}");
+            }
         }
         let shard = dist.as_ref().map_or(Shard::default(), |d| Shard {
             rank: d.rank(),
@@ -164,6 +177,7 @@ impl Trainer {
         };
         Ok(Self {
             cfg: cfg.clone(),
+            knn_unlabelled: knn_note.is_some(),
             opts,
             device,
             loader,
@@ -328,7 +342,9 @@ impl Trainer {
 
     fn knn_due(&self, epoch: usize) -> bool {
         let freq = self.cfg.knn.knn_freq;
-        freq > 0 && ((epoch + 1).is_multiple_of(freq) || epoch + 1 == self.cfg.optim.epochs)
+        freq > 0
+            && !self.knn_unlabelled
+            && ((epoch + 1).is_multiple_of(freq) || epoch + 1 == self.cfg.optim.epochs)
     }
 
     fn evaluate_knn(&mut self, epoch: usize) -> Result<()> {
