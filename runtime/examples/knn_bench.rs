@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         rows,
         classes: (0..classes).map(|c| format!("class{c}")).collect(),
         unlabelled: false,
+        eval: None,
     };
     let path = std::env::temp_dir().join(format!("knn-bench-{}.dgal", std::process::id()));
     Gallery::new(header, labels, features)?.write(&path)?;

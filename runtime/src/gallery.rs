@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use dino_core::knn;
+use dino_core::{EvalTransform, knn};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RuntimeError;
@@ -57,6 +57,10 @@ pub struct GalleryHeader {
     /// Rows without classes: `classes` is `[UNLABELLED_CLASS]`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unlabelled: bool,
+    /// The model's eval transform when the gallery was built: the same weights exported
+    /// at another input size embed differently, so a model must match it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<EvalTransform>,
 }
 
 impl GalleryHeader {
@@ -151,17 +155,31 @@ impl Gallery {
         Ok(())
     }
 
-    /// Refuses a gallery built with other weights.
-    pub fn check_fingerprint(
+    /// Refuses a gallery built with other weights, or with the same weights at another
+    /// input size or preprocessing (galleries from before the transform was recorded are
+    /// checked by their weights only).
+    pub fn check_model(
         &self,
         path: &Path,
         model_fingerprint: &str,
+        model_eval: &EvalTransform,
     ) -> Result<(), RuntimeError> {
         if self.header.fingerprint != model_fingerprint {
             return Err(RuntimeError::GalleryMismatch {
                 path: path.to_path_buf(),
                 gallery: self.header.fingerprint.clone(),
                 model: model_fingerprint.to_string(),
+            });
+        }
+        if let Some(e) = &self.header.eval
+            && e != model_eval
+        {
+            return Err(RuntimeError::BadGallery {
+                path: path.to_path_buf(),
+                why: format!(
+                    "built with the model at input {} (resize {}), this model takes {} (resize {}): rebuild it with `dino-run index` and this model",
+                    e.crop_size, e.resize_size, model_eval.crop_size, model_eval.resize_size
+                ),
             });
         }
         Ok(())
@@ -275,6 +293,7 @@ impl Gallery {
         let labels: Vec<usize> = labels.into_iter().map(|l| l as usize).collect();
         knn::Gallery::new(&features, &labels, header.dim, header.classes.len())
             .map_err(|e| bad(e.to_string()))?;
+        check_rows(&features, header.dim).map_err(bad)?;
         Ok(Self {
             header,
             labels,
@@ -282,6 +301,27 @@ impl Gallery {
             paths,
         })
     }
+}
+
+/// Largest departure from unit length a stored row may have (rows are normalised before
+/// writing; f32 rounding leaves about 1e-7).
+const UNIT_TOLERANCE: f32 = 1e-3;
+
+/// What a checksum cannot say: the rows are there, finite and of unit length. A NaN row
+/// would win every vote, a zero row would never be found.
+fn check_rows(features: &[f32], dim: usize) -> Result<(), String> {
+    if features.is_empty() {
+        return Err("the gallery has no rows".into());
+    }
+    for (i, row) in features.chunks_exact(dim).enumerate() {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if !norm.is_finite() || (norm - 1.0).abs() > UNIT_TOLERANCE {
+            return Err(format!(
+                "row {i} has length {norm}, not 1 (NaN, infinite or unnormalised values)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The version-2 paths section: its length (which must be all that is left before the
@@ -322,8 +362,44 @@ mod tests {
             rows: 0,
             classes: vec!["cat".into(), "dog".into()],
             unlabelled: false,
+            eval: None,
         };
         Gallery::new(header, vec![0, 1, 1], vec![3.0, 4.0, 0.0, 2.0, 1.0, 1.0]).unwrap()
+    }
+
+    #[test]
+    fn valid_checksums_over_wrong_content_are_refused() {
+        let dir = std::env::temp_dir().join(format!("dgal-content-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("g.dgal");
+        for (what, value) in [("NaN", f32::NAN), ("unnormalised", 3.0), ("zero", 0.0)] {
+            let mut g = sample();
+            g.features[2] = value;
+            g.features[3] = 0.0;
+            g.write(&p).unwrap();
+            let e = Gallery::read(&p).err().unwrap().to_string();
+            assert!(e.contains("row 1") && e.contains("g.dgal"), "{what}: {e}");
+        }
+        let empty = Gallery::new(sample().header, vec![], vec![]).unwrap();
+        empty.write(&p).unwrap();
+        let e = Gallery::read(&p).err().unwrap().to_string();
+        assert!(e.contains("no rows"), "{e}");
+
+        // Built at 32 px: a model of the same weights at 64 px is refused.
+        let mut g = sample();
+        g.header.eval = Some(EvalTransform::standard(32));
+        g.write(&p).unwrap();
+        let back = Gallery::read(&p).unwrap();
+        assert!(
+            back.check_model(&p, "abc", &EvalTransform::standard(32))
+                .is_ok()
+        );
+        let e = back
+            .check_model(&p, "abc", &EvalTransform::standard(64))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("input 32") && e.contains("takes 64"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -339,9 +415,12 @@ mod tests {
         assert_eq!(back.header, g.header);
         assert_eq!(back.labels, g.labels);
         assert_eq!(back.features, g.features);
-        assert!(back.check_fingerprint(&p, "abc").is_ok());
+        assert!(
+            back.check_model(&p, "abc", &EvalTransform::standard(32))
+                .is_ok()
+        );
         assert!(matches!(
-            back.check_fingerprint(&p, "xyz"),
+            back.check_model(&p, "xyz", &EvalTransform::standard(32)),
             Err(RuntimeError::GalleryMismatch { .. })
         ));
 

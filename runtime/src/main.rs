@@ -241,7 +241,7 @@ impl GalleryArgs {
             .context("--gallery GALLERY.dgal is required (built by `dino-run index`)")?;
         let mut m = open_model(cli, &self.model.model)?;
         let g = Gallery::read(path)?;
-        g.check_fingerprint(path, &m.info.fingerprint)?;
+        g.check_model(path, &m.info.fingerprint, &m.info.eval)?;
         let run = (self.model.batch_size, OUTPUT_EMBEDDING, true);
         let results = embed_all(&mut m, &self.images, run, "embedding")?;
         let items = answer_each(&self.images, &results, key, |e| answer(&g, e))
@@ -347,6 +347,7 @@ fn cmd_embed(
 }
 
 fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<bool> {
+    dino_core::st::ensure_distinct(&model.model, out)?;
     let set = ImageSet::scan(images)?;
     eprintln!("{}: {}", images.display(), set.describe());
     let mut m = open_model(cli, &model.model)?;
@@ -383,6 +384,7 @@ fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<
         rows: labels.len(),
         classes,
         unlabelled,
+        eval: Some(m.info.eval.clone()),
     };
     let n = labels.len();
     Gallery::new(header, labels, features)?
@@ -410,7 +412,7 @@ fn cmd_eval(cli: &Cli, a: &EvalArgs) -> Result<bool> {
     .map_err(|why| anyhow::anyhow!("--{why}"))?;
     let mut m = open_model(cli, &a.model.model)?;
     let g = Gallery::read(&a.gallery)?;
-    g.check_fingerprint(&a.gallery, &m.info.fingerprint)?;
+    g.check_model(&a.gallery, &m.info.fingerprint, &m.info.eval)?;
     let set = EvalSet::scan(&a.images, &g, &a.gallery)?;
     let run = (a.model.batch_size, OUTPUT_EMBEDDING, true);
     let results = embed_all(&mut m, &set.paths, run, "evaluating")?;

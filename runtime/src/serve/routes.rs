@@ -310,6 +310,11 @@ async fn classify(State(app): AppState, req: Request) -> Result<Response, ApiErr
     let check = |l: &Loaded, p: &Params| {
         p.get("topk", 5usize)?;
         match (&l.gallery, &l.info.linear) {
+            (Some(g), _) if g.header.unlabelled => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "unlabelled_gallery",
+                crate::RuntimeError::UnlabelledGallery.to_string(),
+            )),
             (Some(_), _) => knn_params(p).map(|_| Want::default()),
             (None, Some(_)) => Ok(Want {
                 logits: true,

@@ -37,7 +37,7 @@ impl Loaded {
         let gallery = match gallery {
             Some(p) => {
                 let g = Gallery::read(p)?;
-                g.check_fingerprint(p, &m.info.fingerprint)?;
+                g.check_model(p, &m.info.fingerprint, &m.info.eval)?;
                 Some(g)
             }
             None => None,
