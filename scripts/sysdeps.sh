@@ -7,6 +7,8 @@
 #   * Debian's chromium, the headless browser of the `dino-run serve` page test
 #     (tests/tests/serve_page.rs, which says it was skipped when there is none). Not
 #     required: without root or apt-get only a note is printed.
+#   * Debian's nasm, with which the JPEG decoder (libjpeg-turbo's, built by the mozjpeg
+#     crate) gets its SIMD code: the same pixels, faster. Optional like chromium.
 set -euo pipefail
 include="${DINO_GLOO_INCLUDE:-/usr/include}"
 packages=()
@@ -28,11 +30,14 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null;
     echo "dino-rs: no chromium: the serve page test will be skipped (apt-get install chromium)" >&2
   fi
 fi
+if ! command -v nasm >/dev/null && $can_install; then
+  packages+=(nasm)
+fi
 if [ ${#packages[@]} = 0 ]; then
   exit 0
 fi
 if $can_install; then
-  echo "dino-rs: installing ${packages[*]} (gloo headers for the c10d shim, browser for the page test)" >&2
+  echo "dino-rs: installing ${packages[*]} (gloo headers for the c10d shim, browser for the page test, assembler for the JPEG decoder's SIMD)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends "${packages[@]}" >&2
