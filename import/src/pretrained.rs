@@ -37,11 +37,21 @@ pub struct Pretrained {
 /// Reads the backbone of `path`; `key` picks the network of a training checkpoint
 /// (`teacher` when absent, as the official scripts default).
 pub fn read_pretrained(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportError> {
+    read_pretrained_with(path, key, None)
+}
+
+/// [`read_pretrained`], an official file of a width no preset has taking `num_heads`.
+pub fn read_pretrained_with(
+    path: &Path,
+    key: Option<&str>,
+    num_heads: Option<usize>,
+) -> Result<Pretrained, ImportError> {
     match Format::detect(path)? {
         Format::Safetensors if is_dino_rs(path)? => read_dino_rs(path, key),
         Format::Safetensors | Format::Pth | Format::LegacyPth => {
             let opts = ImportOptions {
                 key: key.map(str::to_string),
+                num_heads,
                 ..ImportOptions::default()
             };
             let f = read_foreign(path, &opts)?;
@@ -73,7 +83,10 @@ fn read_dino_rs(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportErro
         found: vec![have.to_string()],
     };
     let (entry, tensors) = match (kind, key) {
-        (st::KIND_BACKBONE, None | Some(DEFAULT_CHECKPOINT_KEY)) => (None, f.tensors.clone()),
+        // A backbone imported `--with-head` keeps the head beside it: not backbone weights.
+        (st::KIND_BACKBONE, None | Some(DEFAULT_CHECKPOINT_KEY)) => {
+            (None, crate::head::split_head(f.tensors.clone()).1)
+        }
         (st::KIND_BACKBONE, Some(k)) => return Err(bad_key(k, "a teacher backbone only")),
         (st::KIND_CHECKPOINT, None | Some("teacher")) => {
             (Some("teacher"), f.with_prefix(st::PREFIX_TEACHER_BACKBONE))
