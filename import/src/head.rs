@@ -81,3 +81,72 @@ pub fn split_head(
         .collect();
     (head, rest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zero tensors of every key of `cfg`'s head, `weight_g` filled with `g`.
+    fn head(cfg: &HeadConfig, g: f32) -> BTreeMap<String, RawTensor> {
+        head_shapes(cfg)
+            .into_iter()
+            .map(|(k, s)| {
+                let n = s.iter().product::<usize>();
+                let fill = if k.ends_with("weight_g") { g } else { 0.0 };
+                let t = RawTensor::from_f32(s, &vec![fill; n]);
+                (k, t)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn configs_come_back_from_their_shapes() {
+        let base = HeadConfig {
+            hidden_dim: 48,
+            bottleneck_dim: 16,
+            ..HeadConfig::new(24, 64)
+        };
+        for cfg in [
+            base.clone(),
+            HeadConfig {
+                use_bn: true,
+                ..base.clone()
+            },
+            HeadConfig {
+                nlayers: 1,
+                ..base.clone()
+            },
+            HeadConfig {
+                nlayers: 2,
+                use_bn: true,
+                ..base.clone()
+            },
+        ] {
+            let got = infer_head(Path::new("h.pth"), &head(&cfg, 1.0)).unwrap();
+            let want = HeadConfig {
+                hidden_dim: if cfg.nlayers == 1 { got.hidden_dim } else { 48 },
+                ..cfg.clone()
+            };
+            assert_eq!(got, want);
+        }
+        // A trained weight norm means norm_last_layer was off.
+        let got = infer_head(Path::new("h.pth"), &head(&base, 0.7)).unwrap();
+        assert!(!got.norm_last_layer);
+    }
+
+    #[test]
+    fn missing_or_foreign_tensors_are_named() {
+        let cfg = HeadConfig::new(24, 64);
+        let mut t = head(&cfg, 1.0);
+        t.remove("mlp.2.bias");
+        let e = infer_head(Path::new("h.pth"), &t).unwrap_err().to_string();
+        assert!(e.contains("h.pth") && e.contains("mlp.2.bias"), "{e}");
+        let e = infer_head(Path::new("h.pth"), &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("h.pth") && e.contains("last_layer.weight_v"),
+            "{e}"
+        );
+    }
+}

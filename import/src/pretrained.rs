@@ -116,3 +116,38 @@ fn read_dino_rs(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportErro
         entry: entry.map(str::to_string),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dino_core::HeadConfig;
+    use dino_core::weights::head_shapes;
+
+    fn zeros(shapes: Vec<(String, Vec<usize>)>, prefix: &str) -> BTreeMap<String, RawTensor> {
+        shapes
+            .into_iter()
+            .map(|(k, s)| {
+                let n = s.iter().product();
+                (
+                    format!("{prefix}{k}"),
+                    RawTensor::from_f32(s, &vec![0.0; n]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_backbone_file_with_a_head_reads_as_its_backbone() {
+        let vit = VitConfig::new("custom", 4, 8, 1, 2);
+        let head = HeadConfig::new(8, 16);
+        let mut tensors = zeros(backbone_shapes(&vit), "");
+        tensors.extend(zeros(head_shapes(&head), "head."));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("with-head.safetensors");
+        let meta = st::backbone_metadata(&vit, Some(&head), None, st::KIND_BACKBONE);
+        st::write_atomic(&path, &tensors, meta).unwrap();
+        let p = read_pretrained(&path, None).unwrap();
+        assert_eq!(p.tensors.len(), backbone_shapes(&vit).len());
+        assert!(p.tensors.keys().all(|k| !k.starts_with("head.")));
+    }
+}

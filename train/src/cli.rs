@@ -17,7 +17,7 @@ Examples:
   dino-train train --config configs/cifar-tiny.toml --epochs 2 --output_dir runs/try
   dino-train train --config configs/cifar-tiny.toml --output_dir runs/try --resume
   dino-train train --arch vit_small --patch_size 16 --data_path /data/imagenet/train
-  dino-train train --arch vit_small --global_crops_scale 0.14 1 --use_fp16 false \
+  dino-train train --arch vit_small --global_crops_scale 0.14 1 --use_fp16 false \\
       --norm_last_layer False --data_path /data/imagenet/train
   dino-train train --config configs/cifar-tiny.toml --pretrained_weights teacher.safetensors
   dino-train train --arch vit_small --init_from checkpoint.pth --data_path /data/imagenet/train
