@@ -265,7 +265,9 @@ impl DinoStep {
             }),
         }
         if let Some(c) = &w.center {
-            self.loss.set_center(&from_raw(c, &w.path, "center")?)?;
+            self.loss
+                .set_center(&from_raw(c, &w.path, "center")?)
+                .map_err(|e| crate::error::TrainError::run(&w.path, format!("loss centre: {e}")))?;
         }
         Ok(())
     }
