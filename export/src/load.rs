@@ -50,7 +50,8 @@ pub fn load_backbone(path: &Path) -> Result<Backbone, ExportError> {
     let eval = f.eval_transform()?;
     let kind = f.meta(st::META_KIND)?;
     let tensors = match kind {
-        st::KIND_BACKBONE => f.tensors.clone(),
+        // A file imported `--with-head` holds the head beside the backbone.
+        st::KIND_BACKBONE => dino_import::head::split_head(f.tensors.clone()).1,
         st::KIND_CHECKPOINT => f.with_prefix(st::PREFIX_TEACHER_BACKBONE),
         other => {
             return Err(ExportError::Weights {

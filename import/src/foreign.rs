@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 
 use dino_core::st::{self, RawTensor, StFile};
 use dino_core::weights::{backbone_shapes, check_shapes};
-use dino_core::{CoreError, VitConfig};
+use dino_core::{CoreError, HeadConfig, VitConfig};
 use safetensors::tensor::Dtype;
 
 use crate::error::ImportError;
 use crate::format::{Format, unknown_format};
+use crate::head::{infer_head, split_head};
 use crate::pth::{self, PthFile};
 
 /// How to read a foreign file. With the `clap` feature these are the `import` flags of
@@ -32,6 +33,14 @@ pub struct ImportOptions {
     /// The checkpoint entry holding the weights (e.g. `teacher`, `student`).
     #[cfg_attr(feature = "clap", arg(long))]
     pub key: Option<String>,
+    /// Keep the DINO projection head (`head.*`) too, its config read off the shapes
+    /// (to continue training from it, or to look at its prototypes).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub with_head: bool,
+    /// Attention heads of a backbone whose width is no preset's (official files do not
+    /// record them); the trainer gives its configuration's.
+    #[cfg_attr(feature = "clap", arg(skip))]
+    pub num_heads: Option<usize>,
 }
 
 /// A backbone read from a foreign file, ready to be written or exported.
@@ -39,9 +48,11 @@ pub struct Imported {
     pub path: PathBuf,
     pub vit: VitConfig,
     pub tensors: BTreeMap<String, RawTensor>,
+    /// The DINO head kept with `with_head` (its tensors are the `head.*` keys).
+    pub head: Option<HeadConfig>,
     /// The checkpoint entry the weights came from, if not the whole file.
     pub entry: Option<String>,
-    /// Keys dropped on purpose (the DINO projection head).
+    /// Keys dropped on purpose (the DINO projection head, without `with_head`).
     pub ignored: Vec<String>,
 }
 
@@ -49,7 +60,12 @@ pub struct Imported {
 pub fn import(from: &Path, to: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
     st::ensure_distinct(from, to)?;
     let imported = read_foreign(from, opts)?;
-    let meta = st::backbone_metadata(&imported.vit, None, None, st::KIND_BACKBONE);
+    let meta = st::backbone_metadata(
+        &imported.vit,
+        imported.head.as_ref(),
+        None,
+        st::KIND_BACKBONE,
+    );
     st::write_atomic(to, &imported.tensors, meta)?;
     Ok(imported)
 }
@@ -102,29 +118,49 @@ pub fn read_foreign(path: &Path, opts: &ImportOptions) -> Result<Imported, Impor
         {
             k = rest;
         }
-        if k.starts_with("head.") {
+        if k.starts_with("head.") && !opts.with_head {
             ignored.push(name.clone());
             continue;
         }
         tensors.insert(k.to_string(), as_f32(path, &name, fetch(&name)?)?);
     }
+    let (head_tensors, mut tensors) = split_head(tensors);
     let vit = infer_config(path, &tensors, opts)?;
     let found = tensors
         .iter()
         .map(|(k, t)| (k.clone(), t.shape.clone()))
         .collect();
     check_shapes(path, &backbone_shapes(&vit), &found)?;
+    let head = match opts.with_head {
+        true => Some(infer_head(path, &head_tensors)?),
+        false => None,
+    };
+    if let Some(h) = head.as_ref().filter(|h| h.in_dim != vit.embed_dim) {
+        return Err(ImportError::Weights {
+            path: path.to_path_buf(),
+            why: format!(
+                "the head takes {}-wide features, the backbone gives {}",
+                h.in_dim, vit.embed_dim
+            ),
+        });
+    }
+    tensors.extend(
+        head_tensors
+            .into_iter()
+            .map(|(k, v)| (format!("head.{k}"), v)),
+    );
     Ok(Imported {
         path: path.to_path_buf(),
         vit,
         tensors,
+        head,
         entry,
         ignored,
     })
 }
 
 /// Float tensors are stored as float32, whatever the file held (fp16 and bf16 releases).
-fn as_f32(path: &Path, name: &str, t: RawTensor) -> Result<RawTensor, ImportError> {
+pub(crate) fn as_f32(path: &Path, name: &str, t: RawTensor) -> Result<RawTensor, ImportError> {
     if matches!(t.dtype, Dtype::F64 | Dtype::F16 | Dtype::BF16) {
         let values = t.to_f32(path, name)?;
         return Ok(RawTensor::from_f32(t.shape, &values));
@@ -151,6 +187,26 @@ fn pick_entry(
         }
     }
     Ok((None, f.root.clone()))
+}
+
+/// The backbone architecture official-key tensors describe (the preset of their width,
+/// else custom with `num_heads`), every tensor checked against it.
+pub fn infer_vit(
+    path: &Path,
+    t: &BTreeMap<String, RawTensor>,
+    num_heads: Option<usize>,
+) -> Result<VitConfig, ImportError> {
+    let opts = ImportOptions {
+        num_heads,
+        ..ImportOptions::default()
+    };
+    let vit = infer_config(path, t, &opts)?;
+    let found = t
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shape.clone()))
+        .collect();
+    check_shapes(path, &backbone_shapes(&vit), &found)?;
+    Ok(vit)
 }
 
 /// The architecture the tensors describe, checked against the user's `--arch`/`--patch-size`.
@@ -206,17 +262,22 @@ fn infer_config(
             .map(|x| VitConfig::preset(x.0, p))
             .transpose()?,
     };
-    let Some(mut cfg) = preset else {
-        return Err(bad(format!(
-            "embedding width {d} matches no preset (vit_tiny 192, vit_small 384, vit_base 768); pass --arch"
-        )));
+    let mut cfg = match (preset, opts.num_heads) {
+        (Some(c), _) if c.embed_dim == d && c.depth == depth => c,
+        // Not a preset: custom widths, with the heads the caller knows.
+        (_, Some(heads)) if opts.arch.is_none() => VitConfig::new("custom", p, d, depth, heads),
+        (None, _) => {
+            return Err(bad(format!(
+                "embedding width {d} matches no preset (vit_tiny 192, vit_small 384, vit_base 768); pass --arch"
+            )));
+        }
+        (Some(c), _) => {
+            return Err(bad(format!(
+                "--arch {} means embed_dim {} and depth {}, but the weights have embed_dim {d} and depth {depth}",
+                c.arch, c.embed_dim, c.depth
+            )));
+        }
     };
-    if cfg.embed_dim != d || cfg.depth != depth {
-        return Err(bad(format!(
-            "--arch {} means embed_dim {} and depth {}, but the weights have embed_dim {d} and depth {depth}",
-            cfg.arch, cfg.embed_dim, cfg.depth
-        )));
-    }
     if let Some(want) = opts.patch_size
         && want != p
     {

@@ -9,12 +9,15 @@
 pub mod error;
 pub mod foreign;
 pub mod format;
+pub mod head;
 pub mod pretrained;
 pub mod pth;
 pub mod request;
+pub mod state;
 
 pub use error::{ImportError, ImportFailed};
-pub use foreign::{ImportOptions, Imported, import, read_foreign};
+pub use foreign::{ImportOptions, Imported, import, infer_vit, read_foreign};
 pub use format::Format;
-pub use pretrained::{DEFAULT_CHECKPOINT_KEY, Pretrained, read_pretrained};
+pub use pretrained::{DEFAULT_CHECKPOINT_KEY, Pretrained, read_pretrained, read_pretrained_with};
 pub use request::{ImportReport, ImportRequest};
+pub use state::{TrainingState, read_training_state};

@@ -37,11 +37,21 @@ pub struct Pretrained {
 /// Reads the backbone of `path`; `key` picks the network of a training checkpoint
 /// (`teacher` when absent, as the official scripts default).
 pub fn read_pretrained(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportError> {
+    read_pretrained_with(path, key, None)
+}
+
+/// [`read_pretrained`], an official file of a width no preset has taking `num_heads`.
+pub fn read_pretrained_with(
+    path: &Path,
+    key: Option<&str>,
+    num_heads: Option<usize>,
+) -> Result<Pretrained, ImportError> {
     match Format::detect(path)? {
         Format::Safetensors if is_dino_rs(path)? => read_dino_rs(path, key),
         Format::Safetensors | Format::Pth | Format::LegacyPth => {
             let opts = ImportOptions {
                 key: key.map(str::to_string),
+                num_heads,
                 ..ImportOptions::default()
             };
             let f = read_foreign(path, &opts)?;
@@ -73,7 +83,10 @@ fn read_dino_rs(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportErro
         found: vec![have.to_string()],
     };
     let (entry, tensors) = match (kind, key) {
-        (st::KIND_BACKBONE, None | Some(DEFAULT_CHECKPOINT_KEY)) => (None, f.tensors.clone()),
+        // A backbone imported `--with-head` keeps the head beside it: not backbone weights.
+        (st::KIND_BACKBONE, None | Some(DEFAULT_CHECKPOINT_KEY)) => {
+            (None, crate::head::split_head(f.tensors.clone()).1)
+        }
         (st::KIND_BACKBONE, Some(k)) => return Err(bad_key(k, "a teacher backbone only")),
         (st::KIND_CHECKPOINT, None | Some("teacher")) => {
             (Some("teacher"), f.with_prefix(st::PREFIX_TEACHER_BACKBONE))
@@ -102,4 +115,39 @@ fn read_dino_rs(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportErro
         eval: f.eval_transform()?,
         entry: entry.map(str::to_string),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dino_core::HeadConfig;
+    use dino_core::weights::head_shapes;
+
+    fn zeros(shapes: Vec<(String, Vec<usize>)>, prefix: &str) -> BTreeMap<String, RawTensor> {
+        shapes
+            .into_iter()
+            .map(|(k, s)| {
+                let n = s.iter().product();
+                (
+                    format!("{prefix}{k}"),
+                    RawTensor::from_f32(s, &vec![0.0; n]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_backbone_file_with_a_head_reads_as_its_backbone() {
+        let vit = VitConfig::new("custom", 4, 8, 1, 2);
+        let head = HeadConfig::new(8, 16);
+        let mut tensors = zeros(backbone_shapes(&vit), "");
+        tensors.extend(zeros(head_shapes(&head), "head."));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("with-head.safetensors");
+        let meta = st::backbone_metadata(&vit, Some(&head), None, st::KIND_BACKBONE);
+        st::write_atomic(&path, &tensors, meta).unwrap();
+        let p = read_pretrained(&path, None).unwrap();
+        assert_eq!(p.tensors.len(), backbone_shapes(&vit).len());
+        assert!(p.tensors.keys().all(|k| !k.starts_with("head.")));
+    }
 }

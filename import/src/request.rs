@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use crate::error::ImportFailed;
 use crate::foreign::{ImportOptions, Imported, import};
 
-/// One conversion of a foreign file to a dino-rs backbone file.
+/// One conversion of a foreign file to a dino-rs backbone file (with `--with-head`, the
+/// DINO head too).
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ImportRequest {
@@ -61,6 +62,15 @@ impl fmt::Display for ImportReport {
         )?;
         if let Some(e) = &imp.entry {
             write!(f, " from entry `{e}`")?;
+        }
+        if let Some(h) = &imp.head {
+            write!(
+                f,
+                ", with the DINO head (out_dim {}, {} layers{})",
+                h.out_dim,
+                h.nlayers,
+                if h.use_bn { ", BatchNorm" } else { "" }
+            )?;
         }
         if !imp.ignored.is_empty() {
             write!(f, ", {} head tensors left out", imp.ignored.len())?;

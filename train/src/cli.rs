@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use clap::builder::PossibleValuesParser;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
 
 use dino_train::config::{
-    ALIASES, KnnConfig, OptionInfo, TrainConfig, ValueKind, flag_text, option, options,
+    ALIASES, KnnConfig, OFFICIAL_FLAGS, OptionInfo, TrainConfig, ValueKind, flag_text, option,
+    options, unsupported_arch,
 };
 use dino_train::device::DeviceSpec;
 use dino_train::linear::{self, CheckpointKey};
@@ -17,6 +18,10 @@ Examples:
   dino-train train --config configs/cifar-tiny.toml --epochs 2 --output_dir runs/try
   dino-train train --config configs/cifar-tiny.toml --output_dir runs/try --resume
   dino-train train --arch vit_small --patch_size 16 --data_path /data/imagenet/train
+  dino-train train --arch vit_small --global_crops_scale 0.14 1 --use_fp16 false \\
+      --norm_last_layer False --data_path /data/imagenet/train
+  dino-train train --config configs/cifar-tiny.toml --pretrained_weights teacher.safetensors
+  dino-train train --arch vit_small --init_from checkpoint.pth --data_path /data/imagenet/train
   dino-train knn --checkpoint runs/try/teacher.safetensors \\
       --train ../shared/data/cifar10-mini/train --val ../shared/data/cifar10-mini/test --native
   dino-train knn --load_features feats/ --nb_knn 10 20 100 200
@@ -267,6 +272,17 @@ impl Args for TrainArgs {
             .parse()
             .expect("the printed defaults parse");
         let cmd = options().fold(cmd, |cmd, o| cmd.arg(option_arg(o, defaults.get(o.key))));
+        let cmd = OFFICIAL_FLAGS.iter().fold(cmd, |cmd, f| {
+            let arg = clap::Arg::new(f.key)
+                .long(f.key)
+                .value_name(f.value_name)
+                .help(f.help)
+                .help_heading("main_dino.py flags");
+            cmd.arg(match f.sets {
+                Some(key) => arg.conflicts_with(key),
+                None => arg,
+            })
+        });
         ALIASES.iter().fold(cmd, |cmd, (alias, key)| {
             cmd.arg(
                 clap::Arg::new(*alias)
@@ -288,11 +304,14 @@ impl FromArgMatches for TrainArgs {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let keys = options()
             .map(|o| o.key)
-            .chain(ALIASES.iter().map(|(a, _)| *a));
+            .chain(ALIASES.iter().map(|(a, _)| *a))
+            .chain(OFFICIAL_FLAGS.iter().map(|f| f.key));
+        // A list option may come as several values (`--global_crops_scale 0.14 1`).
         let overrides = keys
             .filter_map(|key| {
-                let text = m.get_one::<String>(key)?;
-                Some((key.to_string(), text.clone()))
+                let texts: Vec<&String> = m.get_many::<String>(key)?.collect();
+                let texts: Vec<&str> = texts.iter().map(|t| t.as_str()).collect();
+                Some((key.to_string(), texts.join(",")))
             })
             .collect();
         Ok(Self {
@@ -325,7 +344,12 @@ fn option_arg(o: &OptionInfo, default: Option<&toml::Value>) -> clap::Arg {
         .help(help)
         .help_heading(o.heading);
     match o.kind {
-        ValueKind::Choice(_, values) => arg.value_parser(PossibleValuesParser::new(values())),
+        ValueKind::Choice(_, values) => arg.value_parser(ChoiceParser {
+            names: PossibleValuesParser::new(values()),
+            explain: (o.key == "arch").then_some(unsupported_arch),
+        }),
+        // The official `nargs='+'`: `--global_crops_scale 0.14 1`.
+        ValueKind::List(_) => arg.num_args(1..).allow_negative_numbers(true),
         _ => arg,
     }
 }
@@ -348,6 +372,42 @@ testfeat.pth, trainlabels.pth and testlabels.pth of the official eval_knn.py.";
 
 /// The official `--nb_knn` default of `eval_knn.py`.
 pub const DEFAULT_NB_KNN: [usize; 4] = [10, 20, 100, 200];
+
+/// An enum option's names, with a reason for names refused on purpose (`--arch resnet50`).
+#[derive(Clone)]
+struct ChoiceParser {
+    names: PossibleValuesParser,
+    explain: Option<fn(&str) -> Option<String>>,
+}
+
+impl TypedValueParser for ChoiceParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        self.names.parse_ref(cmd, arg, value).map_err(|e| {
+            let note = value.to_str().zip(self.explain).and_then(|(v, f)| f(v));
+            match (note, arg) {
+                (Some(note), Some(arg)) => clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("--{} {}: {note}\n", arg.get_id(), value.to_string_lossy()),
+                )
+                .with_cmd(cmd),
+                _ => e,
+            }
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        self.names.possible_values()
+    }
+}
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = KNN_EXAMPLES)]

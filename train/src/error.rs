@@ -52,6 +52,8 @@ pub enum TrainError {
     Core(#[from] CoreError),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Import(#[from] dino_import::ImportError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod pretrained;
 pub mod scaler;
 pub mod schedule;
 pub mod step;

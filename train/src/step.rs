@@ -7,6 +7,8 @@ use std::rc::Rc;
 
 use tch::{Device, Tensor};
 
+use dino_models::io::{from_raw, load_checked};
+
 use crate::checkpoint::{Checkpoint, StepState};
 use crate::clip::{cancel_gradients_last_layer, clip_gradients};
 use crate::config::TrainConfig;
@@ -17,6 +19,7 @@ use crate::error::Result;
 use crate::loss::{DinoLoss, TeacherStats};
 use crate::model::DinoNet;
 use crate::optim::{Optimizer, get_params_groups};
+use crate::pretrained::StartWeights;
 use crate::scaler::GradScaler;
 use crate::schedule::{Schedules, StepValues};
 
@@ -245,6 +248,28 @@ impl DinoStep {
             optimizer: &self.optimizer,
             loss: &self.loss,
         }
+    }
+
+    /// Starts from `w` ([`crate::pretrained`]) instead of fresh weights: the student's
+    /// tensors, then the teacher's (or a copy of the student) and the centre. Before the
+    /// first step; the optimizer stays fresh.
+    pub fn start_from(&mut self, w: &StartWeights) -> Result<()> {
+        load_checked(&self.student.vs, &w.student, &w.expected, &w.path)?;
+        match &w.teacher {
+            Some(t) => load_checked(&self.teacher.vs, t, &w.expected, &w.path)?,
+            None => tch::no_grad(|| {
+                let src = self.student.vs.variables();
+                for (name, mut dst) in self.teacher.vs.variables() {
+                    dst.copy_(&src[&name]);
+                }
+            }),
+        }
+        if let Some(c) = &w.center {
+            self.loss
+                .set_center(&from_raw(c, &w.path, "center")?)
+                .map_err(|e| crate::error::TrainError::run(&w.path, format!("loss centre: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Continues from `ck`'s state (the caller checked it was made by a compatible config).

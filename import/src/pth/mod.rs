@@ -112,6 +112,28 @@ impl PthFile {
     }
 }
 
+impl PthFile {
+    /// Every tensor of the top-level entry `key` (nested dicts joined by dots, e.g.
+    /// `module.head.mlp.0.weight` of `student`, `center` of `dino_loss`), read out.
+    pub fn entry_tensors(&mut self, key: &str) -> Result<BTreeMap<String, RawTensor>, ImportError> {
+        let value = dict_entry(&self.root, key).ok_or_else(|| ImportError::NoEntry {
+            path: self.path.clone(),
+            key: key.to_string(),
+            found: dict_keys(&self.root),
+        })?;
+        let refs = tensors_in(&value);
+        if refs.is_empty() {
+            return Err(ImportError::NoTensors {
+                path: self.path.clone(),
+                entry: Some(key.to_string()),
+            });
+        }
+        refs.iter()
+            .map(|(name, r)| Ok((name.clone(), self.tensor(&format!("{key}.{name}"), r)?)))
+            .collect()
+    }
+}
+
 /// The element count of view `t` over a storage of `bytes` bytes of `size`-byte elements,
 /// or `None` when the view reaches past the storage, its arithmetic overflows, or it has
 /// more elements than the storage (stride-0 views, which no checkpoint holds, would

@@ -6,6 +6,7 @@
 //! written once, in the option table ([`options`]); the sub-configs it declares are what the
 //! algorithm modules take, and the flags and `--help` are generated from it.
 
+mod official;
 mod options;
 mod value;
 
@@ -15,10 +16,11 @@ use dino_core::{CoreError, EvalTransform, HeadConfig, VitConfig};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::data::DataError;
+pub use official::{OFFICIAL_FLAGS, OfficialFlag, official_flag, unsupported_arch};
 pub use options::{
-    Arch, AugmentConfig, KnnConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig,
+    Arch, AugmentConfig, InitConfig, KnnConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig,
 };
-pub use value::{ChoiceError, FlagError, OptionInfo, OptionType, ValueKind, flag_text};
+pub use value::{ChoiceError, FlagError, OptionInfo, OptionType, ValueKind, bool_flag, flag_text};
 
 /// Every training option, by section. The file and `--print-config` are flat: each
 /// section's keys sit at the top level (the sections are flattened).
@@ -26,6 +28,8 @@ pub use value::{ChoiceError, FlagError, OptionInfo, OptionType, ValueKind, flag_
 pub struct TrainConfig {
     #[serde(flatten)]
     pub model: ModelConfig,
+    #[serde(flatten)]
+    pub init: InitConfig,
     #[serde(flatten)]
     pub teacher: TeacherConfig,
     #[serde(flatten)]
@@ -91,11 +95,19 @@ pub fn canonical(key: &str) -> &str {
         .map_or(key, |(_, k)| k)
 }
 
-/// Renames aliased keys of a file's table; an option given under two names is an error.
+/// Renames aliased keys of a file's table and translates the official-only ones
+/// (`use_fp16`); an option given under two names is an error.
 fn unalias(table: toml::Table, origin: &str) -> Result<toml::Table, ConfigError> {
     let mut out = toml::Table::new();
     for (key, value) in table {
-        let k = canonical(&key).to_string();
+        let (k, value) = if official_flag(&key).is_some() {
+            match official::translate(origin, &key, &flag_text(&value))? {
+                Some((k, text)) => (k.to_string(), option_value(k, &text)?),
+                None => continue,
+            }
+        } else {
+            (canonical(&key).to_string(), value)
+        };
         if out.insert(k.clone(), value).is_some() {
             return Err(ConfigError::Invalid(format!(
                 "{origin}: `{k}` is given twice (as `{key}` too)"
@@ -103,6 +115,15 @@ fn unalias(table: toml::Table, origin: &str) -> Result<toml::Table, ConfigError>
         }
     }
     Ok(out)
+}
+
+/// The TOML value of option `key` given as flag text.
+fn option_value(key: &str, text: &str) -> Result<toml::Value, ConfigError> {
+    let info = option(key).ok_or_else(|| ConfigError::UnknownKey {
+        origin: "command line".into(),
+        key: key.to_string(),
+    })?;
+    Ok(info.kind.parse(key, text)?)
 }
 
 impl TrainConfig {
@@ -122,6 +143,12 @@ impl TrainConfig {
         }
         let file_table = table.clone();
         for (key, text) in flags {
+            if official_flag(key).is_some() {
+                if let Some((k, text)) = official::translate("command line", key, text)? {
+                    table.insert(k.to_string(), option_value(k, &text)?);
+                }
+                continue;
+            }
             let key = &canonical(key).to_string();
             let info = option(key).ok_or_else(|| ConfigError::UnknownKey {
                 origin: "command line".into(),
@@ -171,6 +198,7 @@ impl TrainConfig {
         }
         Ok(Self {
             model: section(&table, origin)?,
+            init: section(&table, origin)?,
             teacher: section(&table, origin)?,
             optim: section(&table, origin)?,
             augment: section(&table, origin)?,
@@ -186,6 +214,11 @@ impl TrainConfig {
             ));
         }
         self.augment.validate()?;
+        if self.init.pretrained_weights.is_some() && self.init.init_from.is_some() {
+            return Err(ConfigError::Invalid(
+                "pretrained_weights and init_from both set: give one (init_from brings the heads and the centre too)".into(),
+            ));
+        }
         let k = &self.knn;
         if k.knn_freq > 0 && (k.knn_train.is_none() || k.knn_val.is_none()) {
             return Err(ConfigError::Invalid(

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use dino_import::DEFAULT_CHECKPOINT_KEY;
+
 use dino_core::config::{HEAD_BOTTLENECK_DIM, HEAD_HIDDEN_DIM, IMAGENET_MEAN, IMAGENET_STD};
 
 use super::value::{OptionInfo, OptionType};
@@ -52,7 +54,10 @@ macro_rules! options_section {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
 pub enum Arch {
+    /// (main_dino.py's deit_tiny is the same network)
+    #[value(alias = "deit_tiny")]
     VitTiny,
+    #[value(alias = "deit_small")]
     VitSmall,
     VitBase,
     /// embed_dim, depth and num_heads as given
@@ -86,6 +91,23 @@ options_section! {
         head_bottleneck_dim: usize = HEAD_BOTTLENECK_DIM,
         /// stochastic depth rate (student only)
         drop_path_rate: f64 = 0.1,
+    }
+}
+
+options_section! {
+    /// Where the weights start: fresh (the official training), a pretrained backbone, or a
+    /// whole DINO training state to continue from.
+    InitConfig("Starting weights") {
+        /// start the student backbone (and so the teacher) from these weights: a dino-rs
+        /// teacher.safetensors or checkpoint, or an official .pth; the head starts fresh
+        pretrained_weights: Option<PathBuf> = None,
+        /// the network of pretrained_weights to take: teacher or student (for a .pth, any
+        /// top-level entry)
+        checkpoint_key: String = DEFAULT_CHECKPOINT_KEY.to_string(),
+        /// continue DINO pretraining from a training checkpoint (official checkpoint.pth or
+        /// dino-rs checkpoint.safetensors): student, teacher, heads and centre; fresh
+        /// optimizer, epoch 0
+        init_from: Option<PathBuf> = None,
     }
 }
 
@@ -212,8 +234,9 @@ options_section! {
 }
 
 /// Every section's rows, in file order: the source of the flags and of `--help`.
-pub(super) const SECTIONS: [&[OptionInfo]; 6] = [
+pub(super) const SECTIONS: [&[OptionInfo]; 7] = [
     ModelConfig::OPTIONS,
+    InitConfig::OPTIONS,
     TeacherConfig::OPTIONS,
     OptimConfig::OPTIONS,
     AugmentConfig::OPTIONS,

@@ -26,9 +26,14 @@ fn print_order_is_the_option_table_order() {
         ("knn_val", "b"),
         ("knn_resize", "32"),
         ("knn_crop", "32"),
+        ("pretrained_weights", "w.pth"),
     ];
     let cfg = TrainConfig::resolve(None, &flags(&all_set)).unwrap();
-    let table: Vec<&str> = options().map(|o| o.key).collect();
+    // init_from and pretrained_weights exclude each other.
+    let table: Vec<&str> = options()
+        .map(|o| o.key)
+        .filter(|k| *k != "init_from")
+        .collect();
     assert_eq!(keys(&cfg.to_toml()), table);
     // And the printed file reads back as the same configuration.
     let again: TrainConfig = toml::from_str(&cfg.to_toml()).unwrap();
@@ -149,4 +154,68 @@ fn enum_names_are_their_value_enum_names() {
     for a in [Arch::VitTiny, Arch::VitSmall, Arch::VitBase] {
         assert!(VitConfig::preset(&a.to_string(), 16).is_ok(), "{a}");
     }
+}
+
+#[test]
+fn official_spellings_resolve() {
+    // Booleans as main_dino.py's bool_flag reads them.
+    for (text, want) in [
+        ("True", true),
+        ("false", false),
+        ("0", false),
+        ("1", true),
+        ("on", true),
+        ("OFF", false),
+    ] {
+        let cfg = TrainConfig::resolve(None, &flags(&[("norm_last_layer", text)])).unwrap();
+        assert_eq!(cfg.model.norm_last_layer, want, "{text}");
+    }
+    assert!(TrainConfig::resolve(None, &flags(&[("norm_last_layer", "yes")])).is_err());
+    // Pairs as separate values (joined by the command line), Python float syntax.
+    let cfg = TrainConfig::resolve(
+        None,
+        &flags(&[("global_crops_scale", "0.14,1."), ("lr", ".001")]),
+    )
+    .unwrap();
+    assert_eq!(cfg.augment.global_crops_scale, [0.14, 1.0]);
+    assert_eq!(cfg.optim.lr, 0.001);
+    let cfg = TrainConfig::resolve(None, &flags(&[("local_crops_scale", "0.05 0.4")])).unwrap();
+    assert_eq!(cfg.augment.local_crops_scale, [0.05, 0.4]);
+    // deit_* are the official aliases of vit_*; use_fp16 is the precision.
+    let cfg = TrainConfig::resolve(
+        None,
+        &flags(&[("arch", "deit_tiny"), ("use_fp16", "false")]),
+    )
+    .unwrap();
+    assert_eq!(cfg.model.arch, Arch::VitTiny);
+    assert_eq!(cfg.optim.precision, crate::device::PrecisionSpec::Fp32);
+    let e = TrainConfig::resolve(None, &flags(&[("arch", "resnet50")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("torchvision") && e.contains("vit_small"), "{e}");
+}
+
+#[test]
+fn official_keys_in_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "use_fp16 = true\ndist_url = \"env://\"\narch = \"deit_small\"\n",
+    )
+    .unwrap();
+    let cfg = TrainConfig::resolve(Some(&file), &[]).unwrap();
+    assert_eq!(cfg.optim.precision, crate::device::PrecisionSpec::Fp16);
+    assert_eq!(cfg.model.arch, Arch::VitSmall);
+    std::fs::write(&file, "use_fp16 = true\nprecision = \"bf16\"\n").unwrap();
+    let e = TrainConfig::resolve(Some(&file), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("c.toml") && e.contains("twice"), "{e}");
+    std::fs::write(
+        &file,
+        "init_from = \"a.pth\"\npretrained_weights = \"b.pth\"\n",
+    )
+    .unwrap();
+    assert!(TrainConfig::resolve(Some(&file), &[]).is_err());
 }

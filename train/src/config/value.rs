@@ -35,11 +35,16 @@ impl OptionInfo {
 /// How a flag's text becomes the option's TOML value.
 #[derive(Clone, Copy, Debug)]
 pub enum ValueKind {
-    /// A number or boolean, read as a TOML literal (`0.99`, `5e-4`, `false`).
+    /// An integer, read as a TOML literal (`800`).
     Literal(&'static str),
+    /// A float as Python's `float()` reads it (`0.99`, `5e-4`, `1.`, `.5`).
+    Float,
+    /// A boolean as the official `utils.bool_flag` reads it (`true`, `False`, `0`, `on`, ...).
+    Bool,
     /// Text taken as it is (a path, a device).
     Text(&'static str),
-    /// A list, `0.4,1.0` or `[0.4, 1.0]`.
+    /// A list of floats: `0.4,1.0`, `[0.4, 1.0]`, or `0.4 1.0` (the official `nargs='+'`,
+    /// one flag value per number).
     List(&'static str),
     /// One of an enum's names, listed by `--help`.
     Choice(&'static str, fn() -> Vec<PossibleValue>),
@@ -58,6 +63,8 @@ impl ValueKind {
     /// The placeholder `--help` shows after the flag.
     pub fn value_name(&self) -> &'static str {
         match self {
+            Self::Float => "FLOAT",
+            Self::Bool => "BOOL",
             Self::Literal(n) | Self::Text(n) | Self::List(n) | Self::Choice(n, _) => n,
         }
     }
@@ -69,12 +76,20 @@ impl ValueKind {
             let v = doc.remove("v")?;
             doc.is_empty().then_some(v)
         };
+        let float = |t: &str| t.trim().parse::<f64>().ok().map(toml::Value::Float);
         let value = match self {
             Self::Text(_) | Self::Choice(..) => Some(toml::Value::String(text.to_string())),
             Self::Literal(_) => literal(text),
+            Self::Float => float(text),
+            Self::Bool => bool_flag(text).map(toml::Value::Boolean),
             Self::List(_) => {
                 let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
-                literal(&format!("[{inner}]"))
+                inner
+                    .split(|c: char| c == ',' || c.is_whitespace())
+                    .filter(|t| !t.is_empty())
+                    .map(float)
+                    .collect::<Option<Vec<_>>>()
+                    .map(toml::Value::Array)
             }
         };
         value.ok_or_else(|| FlagError {
@@ -82,6 +97,15 @@ impl ValueKind {
             text: text.to_string(),
             expected: self.value_name(),
         })
+    }
+}
+
+/// The official `utils.bool_flag`: `off`, `false`, `0` and `on`, `true`, `1`, in any case.
+pub fn bool_flag(text: &str) -> Option<bool> {
+    match text.to_lowercase().as_str() {
+        "off" | "false" | "0" => Some(false),
+        "on" | "true" | "1" => Some(true),
+        _ => None,
     }
 }
 
@@ -100,7 +124,7 @@ pub trait OptionType {
 }
 
 impl OptionType for f64 {
-    const KIND: ValueKind = ValueKind::Literal("FLOAT");
+    const KIND: ValueKind = ValueKind::Float;
 }
 impl OptionType for usize {
     const KIND: ValueKind = ValueKind::Literal("N");
@@ -109,10 +133,13 @@ impl OptionType for u64 {
     const KIND: ValueKind = ValueKind::Literal("N");
 }
 impl OptionType for bool {
-    const KIND: ValueKind = ValueKind::Literal("BOOL");
+    const KIND: ValueKind = ValueKind::Bool;
 }
 impl OptionType for PathBuf {
     const KIND: ValueKind = ValueKind::Text("PATH");
+}
+impl OptionType for String {
+    const KIND: ValueKind = ValueKind::Text("NAME");
 }
 impl OptionType for [f64; 2] {
     const KIND: ValueKind = ValueKind::List("A,B");
@@ -130,10 +157,12 @@ impl<T: OptionType> OptionType for Option<T> {
 
 /// A name that is not one of an enum option's names.
 #[derive(Debug, thiserror::Error)]
-#[error("`{value}` is not one of {expected}")]
+#[error("`{value}` is not one of {expected}{}", .note.as_ref().map(|n| format!(" ({n})")).unwrap_or_default())]
 pub struct ChoiceError {
     pub value: String,
     pub expected: String,
+    /// Why a name users may know from elsewhere is not supported.
+    pub note: Option<String>,
 }
 
 fn possible_values<T: ValueEnum>() -> Vec<PossibleValue> {
@@ -151,6 +180,7 @@ fn parse_choice<T: ValueEnum>(s: &str) -> Result<T, ChoiceError> {
             .map(|v| v.get_name().to_string())
             .collect::<Vec<_>>()
             .join(", "),
+        note: None,
     })
 }
 
@@ -179,10 +209,21 @@ macro_rules! serde_as_str {
     )+};
 }
 
+/// The reason a refused name is refused, when the option explains its names.
+macro_rules! choice_note {
+    ($s:expr) => {
+        None
+    };
+    ($s:expr, $explain:path) => {
+        $explain($s)
+    };
+}
+
 /// `Display`, `FromStr`, serde and the option kind of an enum option, all from its
-/// `clap::ValueEnum` names; the literal is its placeholder in `--help`.
+/// `clap::ValueEnum` names; the literal is its placeholder in `--help`, and the optional
+/// function explains names that are refused on purpose.
 macro_rules! choice_option {
-    ($($ty:ty: $value_name:literal),+ $(,)?) => {$(
+    ($($ty:ty: $value_name:literal $(=> $explain:path)?),+ $(,)?) => {$(
         impl fmt::Display for $ty {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write_choice(self, f)
@@ -191,7 +232,7 @@ macro_rules! choice_option {
         impl std::str::FromStr for $ty {
             type Err = ChoiceError;
             fn from_str(s: &str) -> Result<Self, ChoiceError> {
-                parse_choice(s)
+                parse_choice(s).map_err(|e| ChoiceError { note: choice_note!(s $(, $explain)?), ..e })
             }
         }
         impl OptionType for $ty {
@@ -202,7 +243,7 @@ macro_rules! choice_option {
 }
 
 choice_option!(
-    Arch: "ARCH",
+    Arch: "ARCH" => crate::config::unsupported_arch,
     OptimizerKind: "OPTIMIZER",
     PrecisionSpec: "PRECISION",
     PhotometricSpec: "WHERE",

@@ -157,6 +157,11 @@ impl Trainer {
                     at.step
                 );
             }
+        } else if let Some(w) = crate::pretrained::start_weights(cfg)? {
+            step.start_from(&w)?;
+            if main && !opts.quiet {
+                eprintln!("starting from the weights of {}", w.path.display());
+            }
         }
         let log = if main {
             dir.write_config(cfg)?;
