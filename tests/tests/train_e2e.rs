@@ -220,3 +220,24 @@ fn dino_train_links_libtorch_cuda_when_the_wheel_has_it() {
         assert!(needed.iter().any(|l| l == "libtorch_cuda.so"), "{needed:?}");
     }
 }
+
+#[test]
+fn resume_needs_a_checkpoint_and_epochs_to_go() {
+    let dir = scratch("resume-nothing");
+    let cfg = write_config(&dir);
+    let data = cifar_train(&dir, 2);
+    let out = dir.join("fresh");
+    let o = train(&cfg, &data, &out, &["--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "resumed nothing:\n{err}");
+    assert!(err.contains("no checkpoint to continue from"), "{err}");
+
+    // A checkpoint past the epochs asked for now (as a crafted one claiming epoch 99 would
+    // be) is refused, not taken as a finished run.
+    ok(&train(&cfg, &data, &out, &["--epochs", "2"]));
+    let o = train(&cfg, &data, &out, &["--resume", "--epochs", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("at epoch 2, past epochs 1"), "{err}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -117,6 +117,15 @@ impl Checkpoint {
                 "batch_size/optimizer differ from the configuration given now",
             ));
         }
+        if self.epoch > now.optim.epochs {
+            return Err(TrainError::run(
+                path,
+                format!(
+                    "the checkpoint is at epoch {}, past epochs {} (raise --epochs to train on)",
+                    self.epoch, now.optim.epochs
+                ),
+            ));
+        }
         Ok(())
     }
 

@@ -207,6 +207,87 @@ impl TrainConfig {
         })
     }
 
+    /// Every number inside the range where the paper's formulas mean something: a
+    /// negative learning rate trains backwards, a momentum above 1 diverges, a zero
+    /// temperature divides by zero; found at start, not after an epoch.
+    fn check_domains(&self) -> Result<(), ConfigError> {
+        let (t, o, k, m) = (&self.teacher, &self.optim, &self.knn, &self.model);
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        let non_negative = |v: f64| v.is_finite() && v >= 0.0;
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        let checks: [(&str, f64, bool, &str); 13] = [
+            ("lr", o.lr, non_negative(o.lr), ">= 0"),
+            ("min_lr", o.min_lr, non_negative(o.min_lr), ">= 0"),
+            (
+                "weight_decay",
+                o.weight_decay,
+                non_negative(o.weight_decay),
+                ">= 0",
+            ),
+            (
+                "weight_decay_end",
+                o.weight_decay_end,
+                non_negative(o.weight_decay_end),
+                ">= 0",
+            ),
+            (
+                "clip_grad",
+                o.clip_grad,
+                non_negative(o.clip_grad),
+                ">= 0 (0 = off)",
+            ),
+            (
+                "momentum_teacher",
+                t.momentum_teacher,
+                unit(t.momentum_teacher),
+                "in [0, 1]",
+            ),
+            (
+                "center_momentum",
+                t.center_momentum,
+                unit(t.center_momentum),
+                "in [0, 1]",
+            ),
+            (
+                "teacher_temp",
+                t.teacher_temp,
+                positive(t.teacher_temp),
+                "> 0",
+            ),
+            (
+                "warmup_teacher_temp",
+                t.warmup_teacher_temp,
+                positive(t.warmup_teacher_temp),
+                "> 0",
+            ),
+            (
+                "student_temp",
+                t.student_temp,
+                positive(t.student_temp),
+                "> 0",
+            ),
+            (
+                "knn_temperature",
+                k.knn_temperature,
+                positive(k.knn_temperature),
+                "> 0",
+            ),
+            (
+                "drop_path_rate",
+                m.drop_path_rate,
+                (0.0..1.0).contains(&m.drop_path_rate),
+                "in [0, 1)",
+            ),
+            ("knn_k", k.knn_k as f64, k.knn_k > 0, ">= 1"),
+        ];
+        for (name, v, ok, want) in checks {
+            if !ok {
+                return Err(ConfigError::Invalid(format!("{name} {v} must be {want}")));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.optim.batch_size == 0 || self.optim.epochs == 0 {
             return Err(ConfigError::Invalid(
@@ -214,6 +295,7 @@ impl TrainConfig {
             ));
         }
         self.augment.validate()?;
+        self.check_domains()?;
         if self.init.pretrained_weights.is_some() && self.init.init_from.is_some() {
             return Err(ConfigError::Invalid(
                 "pretrained_weights and init_from both set: give one (init_from brings the heads and the centre too)".into(),

@@ -219,3 +219,30 @@ fn official_keys_in_a_file() {
     .unwrap();
     assert!(TrainConfig::resolve(Some(&file), &[]).is_err());
 }
+
+#[test]
+fn values_outside_their_domain_are_refused_at_start() {
+    for (key, value, says) in [
+        ("lr", "-0.001", "lr -0.001 must be >= 0"),
+        ("weight_decay", "-1", "weight_decay"),
+        ("clip_grad", "-3", "clip_grad"),
+        (
+            "momentum_teacher",
+            "1.5",
+            "momentum_teacher 1.5 must be in [0, 1]",
+        ),
+        ("momentum_teacher", "-0.1", "momentum_teacher"),
+        ("center_momentum", "2", "center_momentum"),
+        ("teacher_temp", "0", "teacher_temp 0 must be > 0"),
+        ("student_temp", "nan", "student_temp"),
+        ("knn_k", "0", "knn_k 0 must be >= 1"),
+        ("drop_path_rate", "1", "drop_path_rate"),
+    ] {
+        let e = TrainConfig::resolve(None, &flags(&[(key, value)]))
+            .map(|_| String::new())
+            .unwrap_or_else(|e| e.to_string());
+        assert!(e.contains(says), "--{key} {value}: `{e}`");
+    }
+    assert!(TrainConfig::resolve(None, &flags(&[("momentum_teacher", "1")])).is_ok());
+    assert!(TrainConfig::resolve(None, &flags(&[("clip_grad", "0")])).is_ok());
+}

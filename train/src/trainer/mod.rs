@@ -103,6 +103,12 @@ impl Trainer {
         let (dist, device) = Dist::from_env(cfg)?;
         let main = dist.as_ref().is_none_or(|d| d.is_main());
         let dir = RunDir::prepare(&cfg.run.output_dir, opts.resume)?;
+        if opts.resume && !dir.checkpoint().exists() {
+            return Err(TrainError::run(
+                dir.checkpoint(),
+                "--resume: there is no checkpoint to continue from (start without --resume)",
+            ));
+        }
         let dataset = Arc::new(ImageDataset::open(&cfg.run.data_path, Verify::Full)?);
         for s in dataset.skipped().iter().filter(|_| main) {
             eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
@@ -141,7 +147,7 @@ impl Trainer {
         let niter = loader.batches_per_epoch();
         let mut step = DinoStep::with_dist(cfg, niter, device, dist.clone())?;
         let mut at = Position::default();
-        if opts.resume && dir.checkpoint().exists() {
+        if opts.resume {
             let ck = Checkpoint::read(&dir.checkpoint())?;
             ck.ensure_compatible(cfg)?;
             step.restore(&ck)?;
