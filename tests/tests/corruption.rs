@@ -245,7 +245,7 @@ fn damaged_pth_files() {
         }
         out
     };
-    campaign("pth", pth, 300, &check, &wrong_is_failure);
+    campaign("pth", pth, 200, &check, &wrong_is_failure);
 }
 
 /// Marks an output as wrong by turning it into exit 0 with a tell-tale stderr that
@@ -345,7 +345,7 @@ fn damaged_onnx_models() {
         Ok(_) => Err("another embedding".into()),
         Err(e) => Err(e),
     };
-    campaign("onnx", &c.model, 300, &run, &same);
+    campaign("onnx", &c.model, 200, &run, &same);
 }
 
 #[test]
