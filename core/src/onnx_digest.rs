@@ -10,6 +10,7 @@
 //! payload), except the one `metadata_props` entry that holds the digest itself: the
 //! preprocessing the metadata describes is as protected as the weights.
 
+use std::io::Read;
 use std::path::Path;
 
 use xxhash_rust::xxh3::Xxh3;
@@ -37,10 +38,9 @@ pub struct Scan {
     pub recorded: Option<String>,
 }
 
-/// One top-level field: its number, and its bytes (key included) and payload.
+/// One field of a small message: its number and payload.
 struct Field<'a> {
     number: u64,
-    raw: &'a [u8],
     payload: &'a [u8],
 }
 
@@ -64,7 +64,6 @@ fn fields(b: &[u8]) -> impl Iterator<Item = Result<Field<'_>, String>> {
         if pos >= b.len() {
             return None;
         }
-        let start = pos;
         let field = (|| {
             let key = varint(b, &mut pos)?;
             let len = match key & 7 {
@@ -85,7 +84,6 @@ fn fields(b: &[u8]) -> impl Iterator<Item = Result<Field<'_>, String>> {
             pos = end;
             Ok(Field {
                 number: key >> 3,
-                raw: &b[start..end],
                 payload: if key & 7 == WIRE_LEN {
                     &b[payload_start..end]
                 } else {
@@ -115,23 +113,87 @@ fn entry(b: &[u8]) -> Result<(String, String), String> {
     Ok((k, v))
 }
 
+/// Largest `metadata_props` entry read into memory (dino-rs writes a few KiB).
+const MAX_ENTRY: u64 = 16 << 20;
+/// Bytes hashed per read: the file streams through this buffer, never whole in memory.
+const CHUNK: usize = 1 << 20;
+
 /// Digests a serialised `ModelProto`.
 pub fn scan(model: &[u8]) -> Result<Scan, String> {
+    scan_reader(model, model.len() as u64)
+}
+
+/// One varint from `r`, its bytes appended to `raw`; `None` at a clean end of input.
+fn read_varint(r: &mut impl Read, raw: &mut Vec<u8>) -> Result<Option<u64>, String> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let mut b = [0u8];
+        if r.read(&mut b).map_err(|e| e.to_string())? == 0 {
+            return if shift == 0 {
+                Ok(None)
+            } else {
+                Err("truncated varint".into())
+            };
+        }
+        raw.push(b[0]);
+        v |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            return Ok(Some(v));
+        }
+    }
+    Err("varint longer than 10 bytes".into())
+}
+
+/// Digests a `ModelProto` of `total` bytes read from `r`, streaming: memory stays at one
+/// chunk whatever the file claims, and a length past the end is an error before any read.
+pub fn scan_reader(mut r: impl Read, total: u64) -> Result<Scan, String> {
     let mut h = Xxh3::new();
     let mut recorded = None;
-    for f in fields(model) {
-        let f = f?;
-        if f.number == MODEL_METADATA_PROPS {
-            let (k, v) = entry(f.payload)?;
+    let mut used = 0u64;
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let mut head = Vec::with_capacity(20);
+        let Some(key) = read_varint(&mut r, &mut head)? else {
+            break;
+        };
+        let len = match key & 7 {
+            WIRE_VARINT => {
+                read_varint(&mut r, &mut head)?.ok_or("truncated varint")?;
+                0
+            }
+            WIRE_I64 => 8,
+            WIRE_I32 => 4,
+            WIRE_LEN => read_varint(&mut r, &mut head)?.ok_or("truncated length")?,
+            w => return Err(format!("unsupported wire type {w}")),
+        };
+        used = used
+            .checked_add(head.len() as u64)
+            .and_then(|u| u.checked_add(len))
+            .filter(|&u| u <= total)
+            .ok_or("a field runs past the end of the file")?;
+        if key >> 3 == MODEL_METADATA_PROPS && key & 7 == WIRE_LEN && len <= MAX_ENTRY {
+            let mut payload = vec![0u8; len as usize];
+            r.read_exact(&mut payload).map_err(|e| e.to_string())?;
+            let (k, v) = entry(&payload)?;
             if k == META_CONTENT_DIGEST {
-                if recorded.is_some() {
+                if recorded.replace(v).is_some() {
                     return Err(format!("`{META_CONTENT_DIGEST}` appears twice"));
                 }
-                recorded = Some(v);
                 continue;
             }
+            h.update(&head);
+            h.update(&payload);
+            continue;
         }
-        h.update(f.raw);
+        h.update(&head);
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            r.read_exact(&mut chunk[..n])
+                .map_err(|e| format!("truncated field ({e})"))?;
+            h.update(&chunk[..n]);
+            left -= n as u64;
+        }
     }
     Ok(Scan {
         digest: format!("{:032x}", h.digest128()),
@@ -170,12 +232,15 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// Reads `path` and checks its recorded digest; returns the content digest (the cache
 /// key). A model without a recorded digest (exported before digests) is accepted.
 pub fn verify_file(path: &Path) -> Result<String, CoreError> {
-    let bytes = std::fs::read(path).map_err(|e| CoreError::io(path, e))?;
+    let io = |e| CoreError::io(path, e);
+    let f = std::fs::File::open(path).map_err(io)?;
+    let total = f.metadata().map_err(io)?.len();
     let bad = |why: String| CoreError::Format {
         path: path.to_path_buf(),
         why,
     };
-    let s = scan(&bytes).map_err(|e| bad(format!("not a readable ONNX model: {e}")))?;
+    let s = scan_reader(std::io::BufReader::with_capacity(CHUNK, f), total)
+        .map_err(|e| bad(format!("not a readable ONNX model: {e}")))?;
     match s.recorded {
         Some(r) if r != s.digest => Err(bad(format!(
             "the model is damaged: its content digest is {} but dino-export recorded {r}; \
@@ -184,15 +249,6 @@ pub fn verify_file(path: &Path) -> Result<String, CoreError> {
         ))),
         _ => Ok(s.digest),
     }
-}
-
-/// The digest of the bytes of `paths`, in order (an optimised-graph cache entry's seal).
-pub fn files_digest(paths: &[&Path]) -> Result<String, CoreError> {
-    let mut h = Xxh3::new();
-    for p in paths {
-        h.update(&std::fs::read(p).map_err(|e| CoreError::io(p, e))?);
-    }
-    Ok(format!("{:032x}", h.digest128()))
 }
 
 #[cfg(test)]

@@ -192,23 +192,35 @@ pub fn create_session(
     Ok(session)
 }
 
-/// The seal of a cache entry: the digest of its graph and weight files when written.
+/// The seal of a cache entry, written once ONNX Runtime has written the entry.
 fn seal_path(c: &Path) -> PathBuf {
     let mut s = c.as_os_str().to_owned();
-    s.push(".xxh3");
+    s.push(".seal");
     PathBuf::from(s)
 }
 
-/// The digest of a cache entry's graph file and its weight side file.
+/// What the seal records of a cache entry: the size and modification time of its graph
+/// and weight files. The entry's name already carries the verified digest of the model
+/// it was made from; the seal tells an entry left as written from one changed or half
+/// written since, without reading the weights a second time (cold start).
 fn cache_digest(c: &Path) -> Option<String> {
     let mut data = c.as_os_str().to_owned();
     data.push(".data");
-    let data = PathBuf::from(data);
-    let files: Vec<&Path> = [c, data.as_path()]
-        .into_iter()
-        .filter(|p| p.is_file())
-        .collect();
-    dino_core::onnx_digest::files_digest(&files).ok()
+    let mut seal = String::new();
+    for p in [c.to_path_buf(), PathBuf::from(data)] {
+        match std::fs::metadata(&p) {
+            Ok(m) => {
+                let t = m
+                    .modified()
+                    .ok()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?;
+                seal.push_str(&format!("{} {} ", m.len(), t.as_nanos()));
+            }
+            Err(_) => seal.push_str("- "),
+        }
+    }
+    Some(seal)
 }
 
 /// A session builder for `opts`. `optimise`: `None` loads an already optimised graph as
