@@ -7,6 +7,7 @@ Follows the exporter contract: input `image` [batch, 3, S, S] (dynamic batch); o
 
     python runtime_fixture.py OUT.onnx [--img 32 --patch 8 --dim 48 --depth 2 --heads 3]
         [--resize 36] [--no-attention] [--no-metadata] [--half-io] [--seed 0]
+        [--first-row-only] [--meta-dim D]   (broken models, for the error tests)
 """
 
 import argparse
@@ -30,12 +31,14 @@ OUTPUTS = ("embedding", "patch_tokens", "attention")
 class Outputs(nn.Module):
     """The ViT with the named subset of its outputs, in order (the ONNX outputs)."""
 
-    def __init__(self, vit, outputs):
+    def __init__(self, vit, outputs, first_row_only=False):
         super().__init__()
-        self.vit, self.outputs = vit, outputs
+        self.vit, self.outputs, self.first_row_only = vit, outputs, first_row_only
 
     def forward(self, image):
         out = dict(zip(OUTPUTS, self.vit.forward_all(image)))
+        if self.first_row_only:  # a broken graph that ignores the batch
+            out["embedding"] = out["embedding"][:1]
         return tuple(out[o] for o in self.outputs)
 
 
@@ -47,7 +50,7 @@ def build(args, cfg):
         vit.cls_token.copy_(torch.randn_like(vit.cls_token) * 0.5)
         vit.pos_embed.copy_(torch.randn_like(vit.pos_embed) * 0.5)
     outputs = ["embedding"] + ([] if args.no_attention else ["attention"])
-    return Outputs(vit, outputs).eval(), outputs
+    return Outputs(vit, outputs, args.first_row_only).eval(), outputs
 
 
 def main():
@@ -64,6 +67,10 @@ def main():
     p.add_argument("--no-attention", action="store_true")
     p.add_argument("--no-metadata", action="store_true")
     p.add_argument("--half-io", action="store_true", help="float16 weights, input and outputs")
+    p.add_argument("--first-row-only", action="store_true",
+                   help="a broken model: `embedding` holds the first image's row only")
+    p.add_argument("--meta-dim", type=int, default=None,
+                   help="a broken model: metadata claiming this embed_dim")
     args = p.parse_args()
 
     warnings.filterwarnings("ignore")
@@ -88,8 +95,11 @@ def main():
     if not args.no_metadata:
         resize = args.resize if args.resize is not None else args.img * 256 // 224
         ev = {"resize_size": resize, "crop_size": args.img, "mean": MEAN, "std": STD}
+        meta_vit = dict(vit)
+        if args.meta_dim is not None:
+            meta_vit["embed_dim"] = args.meta_dim
         props = {
-            "dino_rs.vit": json.dumps(vit),
+            "dino_rs.vit": json.dumps(meta_vit),
             "dino_rs.eval": json.dumps(ev),
             "dino_rs.version": "0.1.0",
             "dino_rs.fingerprint": f"fixture-seed{args.seed}-{args.dim}x{args.depth}",

@@ -272,3 +272,46 @@ fn cuda_that_cannot_load_is_an_error() {
         .arg(data_dir().join("photos/coffee.png"));
     fails_with(&c.output().unwrap(), 2, &["invalid device `tpu`"]);
 }
+
+#[test]
+fn graphs_that_disagree_with_their_metadata_are_refused() {
+    let f = fixtures();
+    let photos = [
+        data_dir().join("photos/coffee.png"),
+        data_dir().join("photos/rocket.jpg"),
+    ];
+    // An embedding output that ignores the batch: two images, one row.
+    let one_row = fixture(
+        &f.dir,
+        "onerow.onnx",
+        &["--img", "32", "--patch", "8", "--first-row-only"],
+    );
+    let mut c = dino_run(&f.dir);
+    c.args(["embed", "--batch-size", "2", "--model"])
+        .arg(&one_row)
+        .args(&photos);
+    fails_with(
+        &c.output().unwrap(),
+        2,
+        &["onerow.onnx", "embedding", "[2, 48]"],
+    );
+
+    // Metadata claiming another width than the graph computes.
+    let wide = fixture(
+        &f.dir,
+        "wide.onnx",
+        &[
+            "--img",
+            "32",
+            "--patch",
+            "8",
+            "--meta-dim",
+            "96",
+            "--heads",
+            "3",
+        ],
+    );
+    let mut c = dino_run(&f.dir);
+    c.args(["embed", "--model"]).arg(&wide).arg(&photos[0]);
+    fails_with(&c.output().unwrap(), 2, &["wide.onnx", "embedding", "96"]);
+}
