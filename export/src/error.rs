@@ -13,10 +13,6 @@ pub enum ExportError {
     Core(#[from] CoreError),
     #[error(transparent)]
     Import(#[from] ImportError),
-    #[error(
-        "{path}: a safetensors file without dino-rs metadata ({why}); convert foreign weights first with `dino-export import {path} --arch <arch> --to teacher.safetensors`"
-    )]
-    ForeignSafetensors { path: PathBuf, why: String },
     #[error("{path}: missing key `{key}`")]
     MissingKey { path: PathBuf, key: String },
     #[error("{path}: {why}")]

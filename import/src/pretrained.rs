@@ -46,8 +46,15 @@ pub fn read_pretrained_with(
     key: Option<&str>,
     num_heads: Option<usize>,
 ) -> Result<Pretrained, ImportError> {
-    match Format::detect(path)? {
-        Format::Safetensors if is_dino_rs(path)? => read_dino_rs(path, key),
+    let format = Format::detect(path)?;
+    if format == Format::Safetensors {
+        // Read (and its digest checked) once; a dino-rs file says so in its header.
+        let f = StFile::read(path)?;
+        if f.metadata.contains_key(st::META_FORMAT) {
+            return read_dino_rs(f, key);
+        }
+    }
+    match format {
         Format::Safetensors | Format::Pth | Format::LegacyPth => {
             let opts = ImportOptions {
                 key: key.map(str::to_string),
@@ -67,14 +74,8 @@ pub fn read_pretrained_with(
     }
 }
 
-/// A safetensors file written by dino-rs carries `dino_rs.format` in its header.
-fn is_dino_rs(path: &Path) -> Result<bool, ImportError> {
-    let f = StFile::read(path)?;
-    Ok(f.metadata.contains_key(st::META_FORMAT))
-}
-
-fn read_dino_rs(path: &Path, key: Option<&str>) -> Result<Pretrained, ImportError> {
-    let f = StFile::read(path)?;
+fn read_dino_rs(f: StFile, key: Option<&str>) -> Result<Pretrained, ImportError> {
+    let path = f.path.as_path();
     f.check_format()?;
     let kind = f.meta(st::META_KIND)?;
     let bad_key = |k: &str, have: &str| ImportError::NoEntry {
