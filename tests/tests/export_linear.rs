@@ -343,7 +343,7 @@ fn probes_of_other_backbones_and_other_files_are_refused() {
     let pooled4 = write_probe(&dir, "pooled4.safetensors", config(&w, 3, 4, true), 4);
     let e = run(&pooled4);
     assert!(
-        e.contains(&s(&pooled4)) && e.contains("official feature layout"),
+        e.contains(&s(&pooled4)) && e.contains("the official layout exists for 1 only"),
         "{e}"
     );
     let e = run(&w);
