@@ -144,11 +144,12 @@ fn loading_reports_mismatches_by_name() {
     let f = StFile::read(&path).unwrap();
     let mut t = f.tensors.clone();
     t.remove("blocks.3.mlp.fc2.bias");
-    t.insert("head.weight".into(), RawTensor::from_f32(vec![1], &[0.0]));
+    // (`head.*` keys are a DINO head kept beside the backbone by `import --with-head`.)
+    t.insert("extra.weight".into(), RawTensor::from_f32(vec![1], &[0.0]));
     write_atomic(&path, &t, f.metadata.clone()).unwrap();
     let err = load_backbone(&path, Device::Cpu).err().unwrap().to_string();
     assert!(err.contains("missing key `blocks.3.mlp.fc2.bias`"), "{err}");
-    assert!(err.contains("unexpected key `head.weight`"), "{err}");
+    assert!(err.contains("unexpected key `extra.weight`"), "{err}");
     assert!(err.contains("w.safetensors"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
