@@ -146,29 +146,7 @@ impl Trainer {
         tch::manual_seed(checkpoint::seed_for_epoch(cfg.run.seed, usize::MAX));
         let niter = loader.batches_per_epoch();
         let mut step = DinoStep::with_dist(cfg, niter, device, dist.clone())?;
-        let mut at = Position::default();
-        if opts.resume {
-            let ck = Checkpoint::read(&dir.checkpoint())?;
-            ck.ensure_compatible(cfg)?;
-            step.restore(&ck)?;
-            at = Position {
-                epoch: ck.epoch,
-                step: ck.step,
-            };
-            if main {
-                eprintln!(
-                    "resuming {} at epoch {}, step {}",
-                    dir.checkpoint().display(),
-                    at.epoch,
-                    at.step
-                );
-            }
-        } else if let Some(w) = crate::pretrained::start_weights(cfg)? {
-            step.start_from(&w)?;
-            if main && !opts.quiet {
-                eprintln!("starting from the weights of {}", w.path.display());
-            }
-        }
+        let at = initial_state(&mut step, cfg, opts, &dir, main)?;
         let log = if main {
             dir.write_config(cfg)?;
             Some(MetricsLog::append(dir.path())?)
@@ -430,4 +408,40 @@ fn progress_bar(len: usize, epoch: usize, cfg: &TrainConfig, opts: &RunOptions) 
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, cfg.optim.epochs));
     bar
+}
+
+/// Where a run starts: the last checkpoint with `--resume`, else the starting weights of
+/// the config (`pretrained_weights`/`init_from`) if any, else fresh networks at step 0.
+fn initial_state(
+    step: &mut DinoStep,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    dir: &RunDir,
+    main: bool,
+) -> Result<Position> {
+    if opts.resume {
+        let ck = Checkpoint::read(&dir.checkpoint())?;
+        ck.ensure_compatible(cfg)?;
+        step.restore(&ck)?;
+        let at = Position {
+            epoch: ck.epoch,
+            step: ck.step,
+        };
+        if main {
+            eprintln!(
+                "resuming {} at epoch {}, step {}",
+                dir.checkpoint().display(),
+                at.epoch,
+                at.step
+            );
+        }
+        return Ok(at);
+    }
+    if let Some(w) = crate::pretrained::start_weights(cfg)? {
+        step.start_from(&w)?;
+        if main && !opts.quiet {
+            eprintln!("starting from the weights of {}", w.path.display());
+        }
+    }
+    Ok(Position::default())
 }
