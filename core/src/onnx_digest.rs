@@ -11,7 +11,7 @@
 //! preprocessing the metadata describes is as protected as the weights.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -38,10 +38,11 @@ pub struct Scan {
     pub recorded: Option<String>,
 }
 
-/// One field of a small message: its number and payload.
+/// One field of a message: its number, its payload, and the whole field as stored.
 struct Field<'a> {
     number: u64,
     payload: &'a [u8],
+    raw: &'a [u8],
 }
 
 fn varint(b: &[u8], pos: &mut usize) -> Result<u64, String> {
@@ -64,6 +65,7 @@ fn fields(b: &[u8]) -> impl Iterator<Item = Result<Field<'_>, String>> {
         if pos >= b.len() {
             return None;
         }
+        let start = pos;
         let field = (|| {
             let key = varint(b, &mut pos)?;
             let len = match key & 7 {
@@ -89,6 +91,7 @@ fn fields(b: &[u8]) -> impl Iterator<Item = Result<Field<'_>, String>> {
                 } else {
                     &[]
                 },
+                raw: &b[start..end],
             })
         })();
         if field.is_err() {
@@ -98,101 +101,69 @@ fn fields(b: &[u8]) -> impl Iterator<Item = Result<Field<'_>, String>> {
     })
 }
 
-/// The `(key, value)` of a `StringStringEntryProto`.
-fn entry(b: &[u8]) -> Result<(String, String), String> {
-    let (mut k, mut v) = (String::new(), String::new());
+/// The `(key, value)` of a `StringStringEntryProto`, as stored.
+fn entry(b: &[u8]) -> Result<(&[u8], &[u8]), String> {
+    let (mut k, mut v): (&[u8], &[u8]) = (&[], &[]);
     for f in fields(b) {
         let f = f?;
-        let text = || String::from_utf8(f.payload.to_vec()).map_err(|_| "metadata is not UTF-8");
         match f.number {
-            ENTRY_KEY => k = text()?,
-            ENTRY_VALUE => v = text()?,
+            ENTRY_KEY => k = f.payload,
+            ENTRY_VALUE => v = f.payload,
             _ => {}
         }
     }
     Ok((k, v))
 }
 
-/// Largest `metadata_props` entry read into memory (dino-rs writes a few KiB).
-const MAX_ENTRY: u64 = 16 << 20;
-/// Bytes hashed per read: the file streams through this buffer, never whole in memory.
-const CHUNK: usize = 1 << 20;
-
-/// Digests a serialised `ModelProto`.
-pub fn scan(model: &[u8]) -> Result<Scan, String> {
-    scan_reader(model, model.len() as u64)
+/// The digest a top-level field records, if it is the digest's metadata entry.
+fn digest_entry(f: &Field<'_>) -> Result<Option<String>, String> {
+    if f.number != MODEL_METADATA_PROPS || f.payload.is_empty() {
+        return Ok(None);
+    }
+    let (k, v) = entry(f.payload)?;
+    if k != META_CONTENT_DIGEST.as_bytes() {
+        return Ok(None);
+    }
+    // It names a cache entry: 32 hex digits, nothing a path could be made of.
+    if v.len() != 32
+        || !v
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    {
+        return Err("the recorded digest is not 32 lowercase hex digits".into());
+    }
+    Ok(Some(String::from_utf8_lossy(v).into_owned()))
 }
 
-/// One varint from `r`, its bytes appended to `raw`; `None` at a clean end of input.
-fn read_varint(r: &mut impl Read, raw: &mut Vec<u8>) -> Result<Option<u64>, String> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let mut b = [0u8];
-        if r.read(&mut b).map_err(|e| e.to_string())? == 0 {
-            return if shift == 0 {
-                Ok(None)
-            } else {
-                Err("truncated varint".into())
-            };
-        }
-        raw.push(b[0]);
-        v |= u64::from(b[0] & 0x7f) << shift;
-        if b[0] & 0x80 == 0 {
-            return Ok(Some(v));
+/// The digest `model` records, found by a walk over its top-level field headers alone:
+/// no payload is read but the metadata's.
+pub fn recorded(model: &[u8]) -> Result<Option<String>, String> {
+    let mut found = None;
+    for f in fields(model) {
+        if let Some(d) = digest_entry(&f?)?
+            && found.replace(d).is_some()
+        {
+            return Err(format!("`{META_CONTENT_DIGEST}` appears twice"));
         }
     }
-    Err("varint longer than 10 bytes".into())
+    Ok(found)
 }
 
-/// Digests a `ModelProto` of `total` bytes read from `r`, streaming: memory stays at one
-/// chunk whatever the file claims, and a length past the end is an error before any read.
-pub fn scan_reader(mut r: impl Read, total: u64) -> Result<Scan, String> {
+/// Digests a serialised `ModelProto` in place: each top-level field is hashed as stored
+/// straight from `model` (a memory map on load), so a model costs one pass of XXH3 and
+/// no copy.
+pub fn scan(model: &[u8]) -> Result<Scan, String> {
     let mut h = Xxh3::new();
     let mut recorded = None;
-    let mut used = 0u64;
-    let mut chunk = vec![0u8; CHUNK];
-    loop {
-        let mut head = Vec::with_capacity(20);
-        let Some(key) = read_varint(&mut r, &mut head)? else {
-            break;
-        };
-        let len = match key & 7 {
-            WIRE_VARINT => {
-                read_varint(&mut r, &mut head)?.ok_or("truncated varint")?;
-                0
-            }
-            WIRE_I64 => 8,
-            WIRE_I32 => 4,
-            WIRE_LEN => read_varint(&mut r, &mut head)?.ok_or("truncated length")?,
-            w => return Err(format!("unsupported wire type {w}")),
-        };
-        used = used
-            .checked_add(head.len() as u64)
-            .and_then(|u| u.checked_add(len))
-            .filter(|&u| u <= total)
-            .ok_or("a field runs past the end of the file")?;
-        if key >> 3 == MODEL_METADATA_PROPS && key & 7 == WIRE_LEN && len <= MAX_ENTRY {
-            let mut payload = vec![0u8; len as usize];
-            r.read_exact(&mut payload).map_err(|e| e.to_string())?;
-            let (k, v) = entry(&payload)?;
-            if k == META_CONTENT_DIGEST {
-                if recorded.replace(v).is_some() {
+    for f in fields(model) {
+        let f = f?;
+        match digest_entry(&f)? {
+            Some(d) => {
+                if recorded.replace(d).is_some() {
                     return Err(format!("`{META_CONTENT_DIGEST}` appears twice"));
                 }
-                continue;
             }
-            h.update(&head);
-            h.update(&payload);
-            continue;
-        }
-        h.update(&head);
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            r.read_exact(&mut chunk[..n])
-                .map_err(|e| format!("truncated field ({e})"))?;
-            h.update(&chunk[..n]);
-            left -= n as u64;
+            None => h.update(f.raw),
         }
     }
     Ok(Scan {
@@ -232,23 +203,83 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 /// Reads `path` and checks its recorded digest; returns the content digest (the cache
 /// key). A model without a recorded digest (exported before digests) is accepted.
 pub fn verify_file(path: &Path) -> Result<String, CoreError> {
-    let io = |e| CoreError::io(path, e);
-    let f = std::fs::File::open(path).map_err(io)?;
-    let total = f.metadata().map_err(io)?.len();
-    let bad = |why: String| CoreError::Format {
-        path: path.to_path_buf(),
-        why,
-    };
-    let s = scan_reader(std::io::BufReader::with_capacity(CHUNK, f), total)
-        .map_err(|e| bad(format!("not a readable ONNX model: {e}")))?;
-    match s.recorded {
-        Some(r) if r != s.digest => Err(bad(format!(
-            "the model is damaged: its content digest is {} but dino-export recorded {r}; \
-             export it again",
-            s.digest
-        ))),
-        _ => Ok(s.digest),
+    Check::start(path)?.finish()
+}
+
+/// The content check of one model file, hashing on its own thread so that the caller can
+/// do other work meanwhile (dino-run loads its cached optimised graph, keyed by the digest
+/// the file records). Nothing may come of that work before [`Check::finish`] accepts.
+pub struct Check {
+    path: PathBuf,
+    recorded: Option<String>,
+    worker: std::thread::JoinHandle<Result<Scan, String>>,
+}
+
+impl Check {
+    /// Maps `path`, reads the digest it records, and starts hashing its content.
+    pub fn start(path: &Path) -> Result<Self, CoreError> {
+        let bytes = map_or_read(path)?;
+        let recorded = recorded(bytes.as_ref().as_ref()).map_err(|e| unreadable(path, e))?;
+        let worker = std::thread::Builder::new()
+            .name("content-check".into())
+            .spawn(move || scan(bytes.as_ref().as_ref()))
+            .map_err(|e| CoreError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            recorded,
+            worker,
+        })
     }
+
+    /// The digest the file records (`None` for files exported before digests).
+    pub fn recorded(&self) -> Option<&str> {
+        self.recorded.as_deref()
+    }
+
+    /// Waits for the hash; the content digest when it matches what the file records.
+    pub fn finish(self) -> Result<String, CoreError> {
+        let path = &self.path;
+        let s = self
+            .worker
+            .join()
+            .map_err(|_| unreadable(path, "the content check failed".into()))?
+            .map_err(|e| unreadable(path, e))?;
+        match s.recorded {
+            Some(r) if r != s.digest => Err(CoreError::Format {
+                path: path.clone(),
+                why: format!(
+                    "the model is damaged: its content digest is {} but dino-export recorded \
+                     {r}; export it again",
+                    s.digest
+                ),
+            }),
+            _ => Ok(s.digest),
+        }
+    }
+}
+
+fn unreadable(path: &Path, why: String) -> CoreError {
+    CoreError::Format {
+        path: path.to_path_buf(),
+        why: format!("not a readable ONNX model: {why}"),
+    }
+}
+
+/// The bytes of `path`: a read-only map, pages prefetched since every byte is hashed, or
+/// the whole file read where it cannot be mapped (a pipe, some network file systems), as
+/// ONNX Runtime will read it anyway.
+fn map_or_read(path: &Path) -> Result<Box<dyn AsRef<[u8]> + Send>, CoreError> {
+    let io = |e| CoreError::io(path, e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only and private to the check. A process truncating the
+    // model while it is hashed would fault (SIGBUS), as for any reader that maps it;
+    // models are replaced by rename (as every dino-rs tool writes them), not in place.
+    if let Ok(m) = unsafe { memmap2::MmapOptions::new().populate().map(&f) } {
+        return Ok(Box::new(m));
+    }
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).map_err(io)?;
+    Ok(Box::new(bytes))
 }
 
 #[cfg(test)]
@@ -277,6 +308,7 @@ mod tests {
         let after = scan(&m).unwrap();
         assert_eq!(after.digest, before.digest);
         assert_eq!(after.recorded.as_deref(), Some(before.digest.as_str()));
+        assert_eq!(recorded(&m).unwrap(), after.recorded);
         assert!(append_digest(&mut m.clone()).is_err());
 
         // One flipped bit in the graph is found; the file is still valid protobuf.
@@ -300,5 +332,29 @@ mod tests {
         assert!(scan(&m[..m.len() - 3]).is_err());
         assert!(scan(&[0x3a, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_err());
         assert!(scan(&[0x0b]).unwrap_err().contains("wire type"));
+
+        // A recorded digest names a cache entry, so it must be one.
+        let mut e = Vec::new();
+        put_len(&mut e, ENTRY_KEY, META_CONTENT_DIGEST.as_bytes());
+        put_len(&mut e, ENTRY_VALUE, b"../../../../etc/passwd-0123456789");
+        let mut m = model();
+        put_len(&mut m, MODEL_METADATA_PROPS, &e);
+        assert!(recorded(&m).unwrap_err().contains("hex digits"));
+    }
+
+    #[test]
+    fn a_file_is_verified_through_its_map_and_a_damaged_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        let mut m = model();
+        append_digest(&mut m).unwrap();
+        std::fs::write(&path, &m).unwrap();
+        assert_eq!(verify_file(&path).unwrap(), scan(&m).unwrap().digest);
+
+        let at = m.windows(5).position(|w| w == b"graph").unwrap();
+        m[at + 8] ^= 0x01;
+        std::fs::write(&path, &m).unwrap();
+        let err = verify_file(&path).unwrap_err().to_string();
+        assert!(err.contains("m.onnx") && err.contains("damaged"), "{err}");
     }
 }

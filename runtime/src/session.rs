@@ -157,33 +157,59 @@ fn cache_path(model: &Path, digest: &str, opts: &SessionOptions) -> Option<PathB
 
 /// Creates a session for `model` after checking its content digest (a damaged file is
 /// refused). On the CPU the optimised graph is cached (see [`SessionOptions::cache_dir`])
-/// so later starts skip graph optimisation.
+/// so later starts skip graph optimisation; a cached graph loads while the model's
+/// content is hashed, and only a model that passes the check gets its session.
 pub fn create_session(
     env: &Environment,
     model: &Path,
     opts: &SessionOptions,
 ) -> Result<Session, RuntimeError> {
-    let digest = dino_core::onnx_digest::verify_file(model)?;
-    let cached = (opts.device == Device::Cpu)
-        .then(|| cache_path(model, &digest, opts))
-        .flatten();
-    if let Some(c) = cached.as_ref().filter(|c| c.is_file()) {
-        let intact = std::fs::read_to_string(seal_path(c)).ok() == cache_digest(c);
-        if intact && let Ok(s) = build(env, model, opts, None)?.commit_from_file(c) {
+    let check = dino_core::onnx_digest::Check::start(model)?;
+    let cached = |digest: &str| {
+        (opts.device == Device::Cpu)
+            .then(|| cache_path(model, digest, opts))
+            .flatten()
+    };
+    // The entry of the digest the file records: ONNX Runtime reads only the sealed entry,
+    // never the unchecked file, until the check is done.
+    if let Some(c) = check.recorded().and_then(cached).filter(|c| c.is_file()) {
+        let intact = std::fs::read_to_string(seal_path(&c)).ok() == cache_digest(&c);
+        let session =
+            intact.then(|| build(env, model, opts, None).map(|mut b| b.commit_from_file(&c)));
+        check.finish()?;
+        if let Some(s) = session.transpose()?.and_then(Result::ok) {
             return Ok(s);
         }
-        // A damaged or unsealed cache entry: rebuild it, or run uncached if it cannot be
-        // removed (a read-only cache).
-        if std::fs::remove_file(c).is_err() {
-            return build(env, model, opts, Some(None))?
-                .commit_from_file(model)
-                .map_err(RuntimeError::ctx(model, "loading the model"));
-        }
+        return rebuild_entry(env, model, opts, &c);
     }
-    let session = build(env, model, opts, Some(cached.as_deref()))?
+    let digest = check.finish()?;
+    create_uncached_or_caching(env, model, opts, cached(&digest).as_deref())
+}
+
+/// A damaged or unsealed cache entry: rebuilt, or left alone with an uncached session if
+/// it cannot be removed (a read-only cache).
+fn rebuild_entry(
+    env: &Environment,
+    model: &Path,
+    opts: &SessionOptions,
+    c: &Path,
+) -> Result<Session, RuntimeError> {
+    let cache = std::fs::remove_file(c).is_ok().then_some(c);
+    create_uncached_or_caching(env, model, opts, cache)
+}
+
+/// Optimises `model` (already checked), writing and sealing the optimised graph at
+/// `cache` when given.
+fn create_uncached_or_caching(
+    env: &Environment,
+    model: &Path,
+    opts: &SessionOptions,
+    cache: Option<&Path>,
+) -> Result<Session, RuntimeError> {
+    let session = build(env, model, opts, Some(cache))?
         .commit_from_file(model)
         .map_err(RuntimeError::ctx(model, "loading the model"))?;
-    if let Some(c) = cached.as_ref()
+    if let Some(c) = cache
         && let Some(d) = cache_digest(c)
     {
         // Best effort: without its seal the entry is rebuilt next time.
