@@ -461,6 +461,6 @@ fn damaged_metrics_logs() {
         }
         out
     };
-    campaign("metrics", &clean, 150, &run, &wrong_is_failure);
+    campaign("metrics", &clean, 200, &run, &wrong_is_failure);
     std::fs::remove_dir_all(dir).ok();
 }
