@@ -227,46 +227,13 @@ impl Gallery {
             crc: crc32fast::Hasher::new(),
         };
         let truncated = |e: std::io::Error| bad(format!("truncated or unreadable ({e})"));
-        let mut fixed = [0u8; 16];
-        r.read_exact(&mut fixed).map_err(truncated)?;
-        if &fixed[..4] != MAGIC {
-            return Err(bad("wrong magic bytes (not a .dgal file)".into()));
-        }
-        let version = u32::from_le_bytes(fixed[4..8].try_into().expect("4 bytes"));
-        if version != VERSION && version != VERSION_1 {
-            return Err(bad(format!(
-                "format version {version}, this dino-run reads versions {VERSION_1} and {VERSION}"
-            )));
-        }
-        let hlen = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
-        if hlen > MAX_HEADER || 16 + hlen + 4 > file_len {
-            return Err(bad(format!("header length {hlen} does not fit the file")));
-        }
+        let (version, hlen) = read_preamble(&mut r, file_len).map_err(bad)?;
         let mut hbytes = vec![0u8; hlen as usize];
         r.read_exact(&mut hbytes).map_err(truncated)?;
         let header: GalleryHeader =
             serde_json::from_slice(&hbytes).map_err(|e| bad(format!("header: {e}")))?;
         header.check().map_err(bad)?;
-        let arrays = 16u64
-            .checked_add(hlen)
-            .and_then(|v| v.checked_add((header.rows as u64).checked_mul(4)?))
-            .and_then(|v| v.checked_add(4 * (header.rows as u64).checked_mul(header.dim as u64)?));
-        // Version 2 adds the paths section, whose length is checked when read.
-        let expected = match version {
-            VERSION_1 => arrays.and_then(|v| v.checked_add(4)),
-            _ => arrays
-                .and_then(|v| v.checked_add(12))
-                .filter(|&v| v <= file_len)
-                .map(|_| file_len),
-        };
-        if expected != Some(file_len) {
-            return Err(bad(format!(
-                "{} rows of dimension {} need {} bytes, the file has {file_len} (truncated?)",
-                header.rows,
-                header.dim,
-                expected.map_or("too many".into(), |v| v.to_string())
-            )));
-        }
+        let arrays = arrays_end(version, hlen, &header, file_len).map_err(bad)?;
         let mut labels = vec![0u32; header.rows];
         r.read_exact(bytemuck::cast_slice_mut(&mut labels))
             .map_err(truncated)?;
@@ -276,7 +243,7 @@ impl Gallery {
         let paths = if version == VERSION_1 {
             None
         } else {
-            read_paths(&mut r, file_len - 4 - arrays.unwrap_or(0) - 8, header.rows).map_err(bad)?
+            read_paths(&mut r, file_len - 4 - arrays - 8, header.rows).map_err(bad)?
         };
         let computed = r.crc.clone().finalize();
         let mut stored = [0u8; 4];
@@ -322,6 +289,59 @@ fn check_rows(features: &[f32], dim: usize) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Magic, version and header length: the 16 bytes every version starts with.
+fn read_preamble(r: &mut impl Read, file_len: u64) -> Result<(u32, u64), String> {
+    let mut fixed = [0u8; 16];
+    r.read_exact(&mut fixed)
+        .map_err(|e| format!("truncated or unreadable ({e})"))?;
+    if &fixed[..4] != MAGIC {
+        return Err("wrong magic bytes (not a .dgal file)".into());
+    }
+    let version = u32::from_le_bytes(fixed[4..8].try_into().expect("4 bytes"));
+    if version != VERSION && version != VERSION_1 {
+        return Err(format!(
+            "format version {version}, this dino-run reads versions {VERSION_1} and {VERSION}"
+        ));
+    }
+    let hlen = u64::from_le_bytes(fixed[8..16].try_into().expect("8 bytes"));
+    if hlen > MAX_HEADER || 16 + hlen + 4 > file_len {
+        return Err(format!("header length {hlen} does not fit the file"));
+    }
+    Ok((version, hlen))
+}
+
+/// Where the label and feature arrays end, checked against the file's length in checked
+/// arithmetic before anything of that size is allocated.
+fn arrays_end(
+    version: u32,
+    hlen: u64,
+    header: &GalleryHeader,
+    file_len: u64,
+) -> Result<u64, String> {
+    let rows = header.rows as u64;
+    let arrays = 16u64
+        .checked_add(hlen)
+        .and_then(|v| v.checked_add(rows.checked_mul(4)?))
+        .and_then(|v| v.checked_add(rows.checked_mul(header.dim as u64)?.checked_mul(4)?));
+    // Version 2 adds the paths section, whose length is checked when read.
+    let expected = match version {
+        VERSION_1 => arrays.and_then(|v| v.checked_add(4)),
+        _ => arrays
+            .and_then(|v| v.checked_add(12))
+            .filter(|&v| v <= file_len)
+            .map(|_| file_len),
+    };
+    match (arrays, expected) {
+        (Some(a), Some(e)) if e == file_len => Ok(a),
+        _ => Err(format!(
+            "{} rows of dimension {} need {} bytes, the file has {file_len} (truncated?)",
+            header.rows,
+            header.dim,
+            expected.map_or("too many".into(), |v| v.to_string())
+        )),
+    }
 }
 
 /// The version-2 paths section: its length (which must be all that is left before the
