@@ -329,3 +329,40 @@ fn requests_past_the_time_limit_get_504_and_the_server_keeps_serving() {
     assert_eq!(http::get(srv.addr, "/healthz").unwrap().status, 200);
     assert_eq!(http::get(srv.addr, "/readyz").unwrap().status, 200);
 }
+
+#[test]
+fn classify_with_an_unlabelled_gallery_is_409_and_search_answers() {
+    let f = fixture();
+    let dir = f.dir.join("unlabelled");
+    let flat = dir.join("photos");
+    std::fs::create_dir_all(&flat).unwrap();
+    // A folder of images with no class folders: a gallery of no classes.
+    for p in photos() {
+        std::fs::copy(&p, flat.join(file_name(&p))).unwrap();
+    }
+    let gallery = dir.join("u.dgal");
+    output_ok(
+        dino_run(&dir)
+            .args(["index", "--model"])
+            .arg(&f.model)
+            .arg("--images")
+            .arg(&flat)
+            .arg("--out")
+            .arg(&gallery),
+        "dino-run index",
+    );
+    let srv = Server::start(
+        &dir,
+        &[],
+        &["--model", &s(&f.model), "--gallery", &s(&gallery)],
+    );
+    let good = std::fs::read(&photos()[0]).unwrap();
+    let r = http::post(srv.addr, "/v1/classify", &good).unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "unlabelled_gallery");
+    let r = http::post(srv.addr, "/v1/search", &good).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Its nearest image is itself.
+    let text = r.text();
+    assert!(text.contains(&file_name(&photos()[0])), "{text}");
+}
