@@ -17,91 +17,36 @@ mod algo_common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use algo_common::small::{compare_net, reference_config, small_config};
 use algo_common::{Reference, max_abs, values};
 use dino_core::testing::assert_close;
 use dino_models::io::to_raw;
 use dino_tests::run_python;
-use dino_train::config::{
-    Arch, AugmentConfig, InitConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig,
-    TrainConfig,
-};
-use dino_train::device::{DeviceSpec, PrecisionSpec};
+use dino_train::config::{InitConfig, TrainConfig};
 use dino_train::pretrained::start_weights;
 use dino_train::step::DinoStep;
-use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 const NITER: usize = 5;
 const LOSS_RTOL: f32 = 1e-5;
 const STATE_ATOL: f32 = 1e-4;
 
+/// The small step configuration, continuing a run: no warmup (the first step's learning
+/// rate is not 0, so the step moves the student through the fresh optimizer), the last
+/// layer trained (weight_g is not all ones in the file) and not frozen.
 fn config() -> TrainConfig {
-    TrainConfig {
-        model: ModelConfig {
-            arch: Arch::Custom,
-            patch_size: 4,
-            embed_dim: Some(24),
-            depth: Some(2),
-            num_heads: Some(2),
-            out_dim: 64,
-            head_hidden_dim: 48,
-            head_bottleneck_dim: 16,
-            // The file's last layer was trained (weight_g is not all ones).
-            norm_last_layer: false,
-            drop_path_rate: 0.0,
-            ..ModelConfig::default()
-        },
-        teacher: TeacherConfig {
-            momentum_teacher: 0.9,
-            warmup_teacher_temp: 0.04,
-            teacher_temp: 0.07,
-            warmup_teacher_temp_epochs: 2,
-            ..TeacherConfig::default()
-        },
-        optim: OptimConfig {
-            precision: PrecisionSpec::Fp32,
-            lr: 0.128,
-            // No warmup: the learning rate of the first step is not 0, so the step moves
-            // the student through the fresh optimizer.
-            warmup_epochs: 0,
-            clip_grad: 0.3,
-            freeze_last_layer: 0,
-            batch_size: 4,
-            epochs: 4,
-            ..OptimConfig::default()
-        },
-        augment: AugmentConfig {
-            local_crops_number: 2,
-            global_crop_size: 16,
-            local_crop_size: 8,
-            ..AugmentConfig::default()
-        },
-        run: RunConfig {
-            device: DeviceSpec::Cpu,
-            ..RunConfig::default()
-        },
-        ..TrainConfig::default()
-    }
+    let mut cfg = small_config();
+    cfg.model.norm_last_layer = false;
+    cfg.optim.warmup_epochs = 0;
+    cfg.optim.freeze_last_layer = 0;
+    cfg
 }
 
-/// The configuration in the key names of `dino_ref.train.build`.
-fn reference_config(cfg: &TrainConfig) -> serde_json::Value {
-    let vit = cfg.vit().expect("valid config");
-    let (m, t, o) = (&cfg.model, &cfg.teacher, &cfg.optim);
-    json!({
-        "img_size": vit.img_size, "patch": vit.patch_size, "dim": vit.embed_dim,
-        "depth": vit.depth, "heads": vit.num_heads, "out_dim": m.out_dim,
-        "hidden": m.head_hidden_dim, "bottleneck": m.head_bottleneck_dim,
-        "norm_last_layer": m.norm_last_layer, "drop_path_rate": m.drop_path_rate,
-        "ncrops": 2 + cfg.augment.local_crops_number, "epochs": o.epochs, "niter": NITER,
-        "batch": o.batch_size, "lr": o.lr, "min_lr": o.min_lr,
-        "warmup_epochs": o.warmup_epochs, "weight_decay": o.weight_decay,
-        "weight_decay_end": o.weight_decay_end, "momentum_teacher": t.momentum_teacher,
-        "warmup_teacher_temp": t.warmup_teacher_temp, "teacher_temp": t.teacher_temp,
-        "warmup_teacher_temp_epochs": t.warmup_teacher_temp_epochs,
-        "student_temp": t.student_temp, "center_momentum": t.center_momentum,
-        "clip_grad": o.clip_grad, "freeze_last_layer": o.freeze_last_layer, "seed": 11,
-    })
+/// The reference's configuration, with the seed of its part-way state.
+fn reference_with_seed(cfg: &TrainConfig) -> serde_json::Value {
+    let mut c = reference_config(cfg, NITER);
+    c["seed"] = 11.into();
+    c
 }
 
 fn crops(cfg: &TrainConfig) -> (Tensor, Tensor) {
@@ -120,16 +65,6 @@ fn crops(cfg: &TrainConfig) -> (Tensor, Tensor) {
 }
 
 /// Every variable of `vs` against `{prefix}.{name}` of the reference; the largest difference.
-fn compare_net(vs: &tch::nn::VarStore, r: &Reference, prefix: &str) -> f32 {
-    let mut worst = 0f32;
-    for (name, t) in vs.variables() {
-        let (ours, theirs) = (values(&t), r.f32s(&format!("{prefix}.{name}")));
-        worst = worst.max(max_abs(&ours, &theirs));
-        assert_close(&ours, &theirs, STATE_ATOL, 0.0);
-    }
-    worst
-}
-
 /// Runs the reference on `cfg`'s crops: the official checkpoint's path and the reference.
 fn official_checkpoint(cfg: &TrainConfig, global: &Tensor, local: &Tensor) -> (PathBuf, Reference) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -137,7 +72,7 @@ fn official_checkpoint(cfg: &TrainConfig, global: &Tensor, local: &Tensor) -> (P
         .into_iter()
         .map(|(k, t)| (k.to_string(), to_raw(t)))
         .collect();
-    let meta = HashMap::from([("config".to_string(), reference_config(cfg).to_string())]);
+    let meta = HashMap::from([("config".to_string(), reference_with_seed(cfg).to_string())]);
     dino_core::st::write_atomic(&dir.path().join("inputs.safetensors"), &tensors, meta)
         .expect("write inputs");
     run_python("train/tests/python/init_from.py", &[dir.path().as_os_str()]);
@@ -188,8 +123,8 @@ fn init_from_official_checkpoint_continues_the_official_step() {
     let loaded = w.student[name].to_f32(&w.path, name).expect("f32");
     let moved = max_abs(&values(&run.student().vs.variables()[name]), &loaded);
     assert!(moved > 10.0 * STATE_ATOL, "{name} moved by {moved:e} only");
-    let student = compare_net(&run.student().vs, &r, "student");
-    let teacher = compare_net(&run.teacher().vs, &r, "teacher");
+    let student = compare_net(&run.student().vs, &r, "student", STATE_ATOL).0;
+    let teacher = compare_net(&run.teacher().vs, &r, "teacher", STATE_ATOL).0;
     let (ours, theirs) = (values(run.loss().center()), r.f32s("center"));
     assert_close(&ours, &theirs, STATE_ATOL, 0.0);
     eprintln!(

@@ -22,16 +22,13 @@ mod algo_common;
 
 use std::collections::HashMap;
 
+use algo_common::small::{compare_net, reference_config, small_config};
 use algo_common::{Reference, max_abs, values};
 use dino_core::testing::assert_close;
 use dino_models::io::{named_raw, to_raw};
 use dino_tests::run_python;
-use dino_train::config::{
-    Arch, AugmentConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig, TrainConfig,
-};
-use dino_train::device::{DeviceSpec, PrecisionSpec};
+use dino_train::config::TrainConfig;
 use dino_train::step::DinoStep;
-use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 const STEPS: usize = 20;
@@ -39,77 +36,13 @@ const NITER: usize = 5;
 const LOSS_RTOL: f32 = 1e-5;
 const STATE_ATOL: f32 = 1e-4;
 
-fn config() -> TrainConfig {
-    TrainConfig {
-        model: ModelConfig {
-            arch: Arch::Custom,
-            patch_size: 4,
-            embed_dim: Some(24),
-            depth: Some(2),
-            num_heads: Some(2),
-            out_dim: 64,
-            head_hidden_dim: 48,
-            head_bottleneck_dim: 16,
-            drop_path_rate: 0.0,
-            ..ModelConfig::default()
-        },
-        teacher: TeacherConfig {
-            // A fast teacher, so that the EMA visibly moves it in 20 steps.
-            momentum_teacher: 0.9,
-            warmup_teacher_temp: 0.04,
-            teacher_temp: 0.07,
-            warmup_teacher_temp_epochs: 2,
-            ..TeacherConfig::default()
-        },
-        optim: OptimConfig {
-            precision: PrecisionSpec::Fp32,
-            // Peak lr 0.128 * 4 / 256 = 2e-3.
-            lr: 0.128,
-            min_lr: 1e-6,
-            warmup_epochs: 1,
-            weight_decay: 0.04,
-            weight_decay_end: 0.4,
-            clip_grad: 0.3,
-            freeze_last_layer: 1,
-            batch_size: 4,
-            epochs: 4,
-            ..OptimConfig::default()
-        },
-        augment: AugmentConfig {
-            local_crops_number: 2,
-            global_crop_size: 16,
-            local_crop_size: 8,
-            ..AugmentConfig::default()
-        },
-        run: RunConfig {
-            device: DeviceSpec::Cpu,
-            ..RunConfig::default()
-        },
-        ..TrainConfig::default()
-    }
+/// The reference's configuration, with the number of steps it takes.
+fn reference_with_steps(cfg: &TrainConfig) -> serde_json::Value {
+    let mut c = reference_config(cfg, NITER);
+    c["steps"] = STEPS.into();
+    c
 }
 
-/// The configuration in the key names of `dino_ref.train.build`.
-fn reference_config(cfg: &TrainConfig) -> serde_json::Value {
-    let vit = cfg.vit().expect("valid config");
-    let (m, t, o) = (&cfg.model, &cfg.teacher, &cfg.optim);
-    json!({
-        "img_size": vit.img_size, "patch": vit.patch_size, "dim": vit.embed_dim,
-        "depth": vit.depth, "heads": vit.num_heads, "out_dim": m.out_dim,
-        "hidden": m.head_hidden_dim, "bottleneck": m.head_bottleneck_dim,
-        "norm_last_layer": m.norm_last_layer, "drop_path_rate": m.drop_path_rate,
-        "ncrops": 2 + cfg.augment.local_crops_number, "epochs": o.epochs, "niter": NITER,
-        "batch": o.batch_size, "lr": o.lr, "min_lr": o.min_lr,
-        "warmup_epochs": o.warmup_epochs, "weight_decay": o.weight_decay,
-        "weight_decay_end": o.weight_decay_end, "momentum_teacher": t.momentum_teacher,
-        "warmup_teacher_temp": t.warmup_teacher_temp, "teacher_temp": t.teacher_temp,
-        "warmup_teacher_temp_epochs": t.warmup_teacher_temp_epochs,
-        "student_temp": t.student_temp, "center_momentum": t.center_momentum,
-        "steps": STEPS, "clip_grad": o.clip_grad, "freeze_last_layer": o.freeze_last_layer,
-    })
-}
-
-/// Fixed crops of every step: `(global [2b, 3, g, g], local [n*b, 3, l, l])`.
 fn crops(cfg: &TrainConfig) -> Vec<(Tensor, Tensor)> {
     tch::manual_seed(7);
     let b = cfg.optim.batch_size as i64;
@@ -131,29 +64,9 @@ fn crops(cfg: &TrainConfig) -> Vec<(Tensor, Tensor)> {
 
 /// Compares every variable of `vs` with `{prefix}.{name}` of the reference; returns the
 /// largest difference and where it is.
-fn compare_net(vs: &tch::nn::VarStore, r: &Reference, prefix: &str) -> (f32, String) {
-    let vars = vs.variables();
-    let expected =
-        r.st.tensors
-            .keys()
-            .filter(|k| k.starts_with(&format!("{prefix}.")))
-            .count();
-    assert_eq!(vars.len(), expected, "{prefix}: variable count");
-    let mut worst = (0f32, String::new());
-    for (name, t) in &vars {
-        let (ours, theirs) = (values(t), r.f32s(&format!("{prefix}.{name}")));
-        let diff = max_abs(&ours, &theirs);
-        if diff >= worst.0 {
-            worst = (diff, name.clone());
-        }
-        assert_close(&ours, &theirs, STATE_ATOL, 0.0);
-    }
-    worst
-}
-
 #[test]
 fn twenty_steps_match_the_official_step() {
-    let cfg = config();
+    let cfg = small_config();
     cfg.validate().expect("valid config");
     tch::manual_seed(0);
     let mut run = DinoStep::new(&cfg, NITER, Device::Cpu).expect("step");
@@ -173,7 +86,7 @@ fn twenty_steps_match_the_official_step() {
         tensors.insert(format!("global_{it}"), to_raw(g));
         tensors.insert(format!("local_{it}"), to_raw(l));
     }
-    let meta = HashMap::from([("config".to_string(), reference_config(&cfg).to_string())]);
+    let meta = HashMap::from([("config".to_string(), reference_with_steps(&cfg).to_string())]);
     dino_core::st::write_atomic(&dir.path().join("inputs.safetensors"), &tensors, meta)
         .expect("write inputs");
     run_python(
@@ -211,8 +124,8 @@ fn twenty_steps_match_the_official_step() {
         "clipping not exercised: {clipped:?} of {n_params}"
     );
 
-    let student = compare_net(&run.student().vs, &r, "student");
-    let teacher = compare_net(&run.teacher().vs, &r, "teacher");
+    let student = compare_net(&run.student().vs, &r, "student", STATE_ATOL);
+    let teacher = compare_net(&run.teacher().vs, &r, "teacher", STATE_ATOL);
     let (ours, theirs) = (values(run.loss().center()), r.f32s("center"));
     let center = max_abs(&ours, &theirs);
     assert_close(&ours, &theirs, STATE_ATOL, 0.0);

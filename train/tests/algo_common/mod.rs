@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod small;
+
 use std::ffi::OsStr;
 
 use dino_core::st::StFile;
