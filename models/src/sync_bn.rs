@@ -93,15 +93,16 @@ impl HeadBatchNorm {
         let mean = global.narrow(0, 0, channels) / &n;
         let var = (global.narrow(0, channels, channels) / &n - mean.square()).clamp_min(0.0);
         self.update_running(&mean, &var, &n);
-        let invstd = (var + self.cfg.eps).rsqrt();
-        let xf = x.to_kind(Kind::Float);
-        let mut y = (xf - mean.to_kind(Kind::Float)) * invstd.to_kind(Kind::Float);
-        if let Some(w) = &self.bn.ws {
-            y = y * w;
-        }
-        if let Some(b) = &self.bn.bs {
-            y = y + b;
-        }
+        let invstd = (var + self.cfg.eps).rsqrt().to_kind(Kind::Float);
+        let scale = match &self.bn.ws {
+            Some(w) => invstd * w,
+            None => invstd,
+        };
+        let y = (x.to_kind(Kind::Float) - mean.to_kind(Kind::Float)) * scale;
+        let y = match &self.bn.bs {
+            Some(b) => y + b,
+            None => y,
+        };
         Ok(y.to_kind(x.kind()))
     }
 
