@@ -16,6 +16,7 @@
 #include <c10/util/Exception.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef USE_C10D_NCCL
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
@@ -25,7 +26,11 @@ struct DinoStore {
   c10::intrusive_ptr<c10d::TCPStore> store;
 };
 
-struct DinoPg {
+// Reference-counted: the autograd graph of a differentiable all-reduce keeps the group
+// alive until its backward has run (after destroy, that backward fails cleanly).
+struct DinoPg : torch::CustomClassHolder {
+  DinoPg(c10::intrusive_ptr<c10d::Backend> b, std::chrono::milliseconds t)
+      : backend(std::move(b)), timeout(t) {}
   c10::intrusive_ptr<c10d::Backend> backend;
   std::chrono::milliseconds timeout;
   bool failed = false;
@@ -75,6 +80,42 @@ void wait_work(DinoPg* pg, const c10::intrusive_ptr<c10d::Work>& work) {
 at::Tensor& as_tensor(void* ptr) {
   return *static_cast<at::Tensor*>(ptr);
 }
+
+// Sums a contiguous tensor over the group, in place.
+void all_reduce_sum_in_place(DinoPg* pg, at::Tensor& tensor) {
+  std::vector<at::Tensor> tensors{tensor};
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  opts.timeout = pg->timeout;
+  wait_work(pg, pg->backend->allreduce(tensors, opts));
+}
+
+// The sum over the group as a new tensor, whose backward sums the incoming gradient over
+// the group too (torch.distributed.nn.functional.all_reduce): with every rank's loss
+// depending on the sum, that is the gradient of the sum of their losses.
+class AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const c10::intrusive_ptr<DinoPg>& pg) {
+    at::Tensor out = input.clone(at::MemoryFormat::Contiguous);
+    all_reduce_sum_in_place(pg.get(), out);
+    ctx->saved_data["pg"] = c10::IValue::make_capsule(pg);
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto pg = c10::static_intrusive_pointer_cast<DinoPg>(ctx->saved_data["pg"].toCapsule());
+    at::Tensor grad = grads[0].clone(at::MemoryFormat::Contiguous);
+    try {
+      all_reduce_sum_in_place(pg.get(), grad);
+    } catch (...) {
+      pg->failed = true;
+      throw;
+    }
+    return {grad, at::Tensor()};
+  }
+};
 
 c10::intrusive_ptr<c10d::Backend> make_gloo(const c10::intrusive_ptr<c10d::Store>& store,
                                             int rank, int world_size,
@@ -181,7 +222,7 @@ char* dino_c10d_pg_create(DinoStore* store, int backend, int rank, int world_siz
     prefixed = c10::make_intrusive<c10d::PrefixStore>(nccl ? "cuda/" : "cpu/", prefixed);
     auto made = nccl ? make_nccl(prefixed, rank, world_size, timeout)
                      : make_gloo(prefixed, rank, world_size, timeout, gloo_iface, gloo_host);
-    *out = new DinoPg{std::move(made), timeout};
+    *out = c10::make_intrusive<DinoPg>(std::move(made), timeout).release();
   });
 }
 
@@ -201,18 +242,20 @@ void dino_c10d_pg_destroy(DinoPg* pg) {
   });
   std::free(err);
   try {
-    delete pg;
+    // Freed here unless a pending differentiable all-reduce still holds it.
+    c10::intrusive_ptr<DinoPg>::reclaim(pg);
   } catch (...) {
   }
 }
 
 char* dino_c10d_all_reduce_sum(DinoPg* pg, void* tensor) {
+  return guarded_op(pg, [&] { all_reduce_sum_in_place(pg, as_tensor(tensor)); });
+}
+
+char* dino_c10d_all_reduce_sum_autograd(DinoPg* pg, void* tensor, void** output) {
   return guarded_op(pg, [&] {
-    std::vector<at::Tensor> tensors{as_tensor(tensor)};
-    c10d::AllreduceOptions opts;
-    opts.reduceOp = c10d::ReduceOp::SUM;
-    opts.timeout = pg->timeout;
-    wait_work(pg, pg->backend->allreduce(tensors, opts));
+    auto group = c10::intrusive_ptr<DinoPg>::reclaim_copy(pg);
+    *output = new at::Tensor(AllReduceSum::apply(as_tensor(tensor), group));
   });
 }
 

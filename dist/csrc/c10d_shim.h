@@ -44,6 +44,10 @@ void dino_c10d_pg_destroy(DinoPg* pg);
 void dino_c10d_pg_abort(DinoPg* pg);
 
 char* dino_c10d_all_reduce_sum(DinoPg* pg, void* tensor);
+// *output receives a new tensor (free it with tch): the sum of tensor over the group, which
+// autograd differentiates by summing the incoming gradient over the group in backward
+// (every rank must then run that backward, in the same order as its other collectives).
+char* dino_c10d_all_reduce_sum_autograd(DinoPg* pg, void* tensor, void** output);
 char* dino_c10d_broadcast(DinoPg* pg, void* tensor, int root);
 // outputs receives world_size new tensors (free them with tch), in rank order.
 char* dino_c10d_all_gather(DinoPg* pg, void* tensor, void** outputs);

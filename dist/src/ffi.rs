@@ -66,6 +66,11 @@ unsafe extern "C" {
     pub fn dino_c10d_pg_abort(pg: *mut DinoPg);
 
     pub fn dino_c10d_all_reduce_sum(pg: *mut DinoPg, tensor: *mut c_void) -> *mut c_char;
+    pub fn dino_c10d_all_reduce_sum_autograd(
+        pg: *mut DinoPg,
+        tensor: *mut c_void,
+        output: *mut *mut c_void,
+    ) -> *mut c_char;
     pub fn dino_c10d_broadcast(pg: *mut DinoPg, tensor: *mut c_void, root: c_int) -> *mut c_char;
     pub fn dino_c10d_all_gather(
         pg: *mut DinoPg,

@@ -153,6 +153,31 @@ impl ProcessGroup {
         })
     }
 
+    /// The sum of `t` over all ranks as a new tensor that autograd differentiates: its
+    /// backward sums the incoming gradient over the ranks (torch's
+    /// `torch.distributed.nn.functional.all_reduce`). With each rank's loss depending on
+    /// the sum, every rank then gets the gradient of the sum of the losses. Every rank must
+    /// run that backward, in the same order relative to its other collectives.
+    pub fn all_reduce_sum_autograd(&self, t: &Tensor) -> Result<Tensor, DistError> {
+        if !t.defined() {
+            return Err(DistError::InvalidTensor {
+                op: "all_reduce_autograd",
+                reason: "undefined tensor".into(),
+            });
+        }
+        let mut out = ptr::null_mut();
+        // SAFETY: live group and tensor (any layout: the shim sums a contiguous copy).
+        self.run("all_reduce_autograd", unsafe {
+            ffi::dino_c10d_all_reduce_sum_autograd(
+                self.raw.as_ptr(),
+                t.as_ptr() as *mut c_void,
+                &mut out,
+            )
+        })?;
+        // SAFETY: on success, a new at::Tensor* that the Tensor now owns.
+        Ok(unsafe { Tensor::from_ptr(out.cast()) })
+    }
+
     /// Averages `t` over all ranks, in place (a sum, then a division).
     pub fn all_reduce_mean_(&self, t: &Tensor) -> Result<(), DistError> {
         self.all_reduce_sum_(t)?;

@@ -16,6 +16,16 @@ pub enum ModelError {
         #[source]
         source: tch::TchError,
     },
+    /// A head BatchNorm layer (`mlp.1`) that cannot normalise this batch.
+    #[error("head BatchNorm `{layer}`: {why}")]
+    BatchNorm { layer: String, why: String },
+    /// Summing a head BatchNorm layer's batch statistics over the processes failed.
+    #[error("head BatchNorm `{layer}`: summing the batch statistics over the processes: {source}")]
+    BatchStatsSync {
+        layer: String,
+        #[source]
+        source: crate::sync_bn::SyncError,
+    },
     #[error("{path}: file kind `{kind}` holds no {wanted}")]
     WrongKind {
         path: PathBuf,

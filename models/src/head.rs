@@ -3,18 +3,24 @@
 //! A GELU MLP to a bottleneck, L2 normalisation, then a weight-normalised linear layer to
 //! `out_dim` prototypes. With `norm_last_layer` the weight norm `g` stays frozen at 1, so
 //! the last layer is a cosine classifier: the paper found this stabilises training.
+//! With `use_bn` in a data-parallel run, the BatchNorm layers can sum their statistics
+//! over the processes ([`DinoHead::set_batch_stats_sync`]).
+
+use std::rc::Rc;
 
 use dino_core::HeadConfig;
 use dino_core::weights::head_linear_indices;
 use tch::Tensor;
-use tch::nn::{self, Module, ModuleT};
+use tch::nn::{self, Module};
 
+use crate::error::ModelError;
 use crate::init::{linear, torch_default_uniform};
+use crate::sync_bn::{BatchStatsSync, HeadBatchNorm};
 
 #[derive(Debug)]
 enum Layer {
     Linear(nn::Linear),
-    BatchNorm(nn::BatchNorm),
+    BatchNorm(HeadBatchNorm),
     Gelu,
 }
 
@@ -26,6 +32,8 @@ pub struct DinoHead {
     pub weight_v: Tensor,
     /// Magnitude `g` of the last layer `[out_dim, 1]`; frozen when `norm_last_layer`.
     pub weight_g: Tensor,
+    /// Sums the BatchNorm statistics over the processes of a data-parallel run.
+    sync: Option<Rc<dyn BatchStatsSync>>,
 }
 
 impl DinoHead {
@@ -47,7 +55,8 @@ impl DinoHead {
                 mlp.push(Layer::Linear(linear(p / "mlp" / k, fan_in, fan_out, true)));
                 if !last {
                     if cfg.use_bn {
-                        let bn = nn::batch_norm1d(p / "mlp" / (k + 1), h, Default::default());
+                        let name = format!("mlp.{}", k + 1);
+                        let bn = HeadBatchNorm::new(p / "mlp" / (k + 1), name, h);
                         mlp.push(Layer::BatchNorm(bn));
                     }
                     mlp.push(Layer::Gelu);
@@ -70,7 +79,14 @@ impl DinoHead {
             mlp,
             weight_v,
             weight_g,
+            sync: None,
         }
+    }
+
+    /// Makes the BatchNorm layers (if any) normalise training batches with the statistics
+    /// of every process's batch, as torch's `SyncBatchNorm`; `None`: this process's batch.
+    pub fn set_batch_stats_sync(&mut self, sync: Option<Rc<dyn BatchStatsSync>>) {
+        self.sync = sync;
     }
 
     /// The weight-normalised last-layer matrix `g * v / ||v||` (norm over each row).
@@ -82,13 +98,14 @@ impl DinoHead {
         &self.weight_g * &self.weight_v / norm
     }
 
-    /// `[b, in_dim]` -> bottleneck `[b, bottleneck]`, L2-normalised.
-    pub fn bottleneck(&self, x: &Tensor, train: bool) -> Tensor {
+    /// `[b, in_dim]` -> bottleneck `[b, bottleneck]`, L2-normalised. Fails only where the
+    /// BatchNorm statistics are summed over processes ([`DinoHead::set_batch_stats_sync`]).
+    pub fn f_bottleneck(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
         let mut x = x.shallow_clone();
         for layer in &self.mlp {
             x = match layer {
                 Layer::Linear(l) => l.forward(&x),
-                Layer::BatchNorm(bn) => bn.forward_t(&x, train),
+                Layer::BatchNorm(bn) => bn.forward(&x, train, self.sync.as_deref())?,
                 Layer::Gelu => x.gelu("none"),
             };
         }
@@ -97,12 +114,23 @@ impl DinoHead {
             .norm_scalaropt_dim(2, [-1], true)
             .clamp_min(1e-12)
             .to_kind(x.kind());
-        x / n
+        Ok(x / n)
     }
 
-    /// `[b, in_dim]` -> logits `[b, out_dim]`.
+    /// [`DinoHead::f_bottleneck`], panicking on its errors (tch's convention).
+    pub fn bottleneck(&self, x: &Tensor, train: bool) -> Tensor {
+        self.f_bottleneck(x, train)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `[b, in_dim]` -> logits `[b, out_dim]`; fails as [`DinoHead::f_bottleneck`].
+    pub fn f_forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor, ModelError> {
+        let z = self.f_bottleneck(x, train)?;
+        Ok(z.linear(&self.last_layer_weight().to_kind(z.kind()), None::<Tensor>))
+    }
+
+    /// [`DinoHead::f_forward_t`], panicking on its errors (tch's convention).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let z = self.bottleneck(x, train);
-        z.linear(&self.last_layer_weight().to_kind(z.kind()), None::<Tensor>)
+        self.f_forward_t(x, train).unwrap_or_else(|e| panic!("{e}"))
     }
 }

@@ -8,8 +8,10 @@ pub mod error;
 pub mod head;
 pub mod init;
 pub mod io;
+pub mod sync_bn;
 pub mod vit;
 
 pub use error::ModelError;
 pub use head::DinoHead;
+pub use sync_bn::BatchStatsSync;
 pub use vit::VisionTransformer;

@@ -2,12 +2,15 @@
 //! official `init_distributed_mode` and `main_dino.py` do: ranks from torchrun's or SLURM's
 //! environment, Gloo for CPU tensors and NCCL for CUDA tensors, weights broadcast from rank
 //! 0, gradients averaged before clipping, the loss centre from the all-reduced batch centre,
-//! and files written by rank 0 only.
+//! the head's BatchNorm statistics over all ranks (SyncBatchNorm), and files written by
+//! rank 0 only.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use dino_dist::{Backend, DistEnv, ProcessGroup};
+use dino_models::BatchStatsSync;
+use dino_models::sync_bn::SyncError;
 use tch::{Device, Tensor};
 
 use crate::algo_error::AlgoError;
@@ -136,6 +139,12 @@ impl CenterReducer for Dist {
 
     fn world_size(&self) -> usize {
         self.group.world_size()
+    }
+}
+
+impl BatchStatsSync for Dist {
+    fn all_reduce_sum(&self, stats: &Tensor) -> Result<Tensor, SyncError> {
+        Ok(self.group.all_reduce_sum_autograd(stats)?)
     }
 }
 

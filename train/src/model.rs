@@ -5,8 +5,10 @@
 //! for the student: globals, locals), then the head sees all CLS features at once. Var
 //! names are `backbone.*` and `head.*`, the official state-dict keys.
 
+use std::rc::Rc;
+
 use dino_core::{HeadConfig, VitConfig};
-use dino_models::{DinoHead, VisionTransformer};
+use dino_models::{BatchStatsSync, DinoHead, ModelError, VisionTransformer};
 use tch::{Device, Tensor, nn};
 
 pub struct DinoNet {
@@ -41,13 +43,19 @@ impl DinoNet {
     }
 
     /// Logits for crop groups `[k_i * b, 3, s_i, s_i]` (one group per resolution),
-    /// concatenated in group order: `[sum k_i * b, out_dim]`.
-    pub fn forward_crops(&self, groups: &[&Tensor], train: bool) -> Tensor {
+    /// concatenated in group order: `[sum k_i * b, out_dim]`. Fails only when the head's
+    /// BatchNorm statistics are summed over processes.
+    pub fn forward_crops(&self, groups: &[&Tensor], train: bool) -> Result<Tensor, ModelError> {
         let feats: Vec<Tensor> = groups
             .iter()
             .map(|x| self.backbone.forward_t(x, train)) // [k_i * b, d]
             .collect();
-        self.head.forward_t(&Tensor::cat(&feats, 0), train)
+        self.head.f_forward_t(&Tensor::cat(&feats, 0), train)
+    }
+
+    /// The head's BatchNorm layers normalise over every process's batch (SyncBatchNorm).
+    pub fn sync_batch_stats(&mut self, sync: Rc<dyn BatchStatsSync>) {
+        self.head.set_batch_stats_sync(Some(sync));
     }
 
     /// Names and tensors of every trainable parameter, sorted by name (a stable order for

@@ -68,8 +68,8 @@ impl DinoStep {
         let world = dist.as_ref().map_or(1, |d| d.world_size());
         let precision = Precision::resolve(cfg.optim.precision, device)?;
         let schedules = Schedules::for_world(&cfg.optim, &cfg.teacher, niter, world)?;
-        let student = DinoNet::new(&cfg.vit()?, &cfg.head(), device);
-        let teacher = DinoNet::teacher_of(&student, device);
+        let mut student = DinoNet::new(&cfg.vit()?, &cfg.head(), device);
+        let mut teacher = DinoNet::teacher_of(&student, device);
         let params = student.trainable();
         let mut optimizer =
             Optimizer::new(cfg.optim.optimizer, get_params_groups(student.trainable()));
@@ -87,10 +87,11 @@ impl DinoStep {
         // AdamW's segments are contiguous ranges of the student's buffer (SGD, LARS: no-op).
         optimizer.use_flat_buffer(ema.student())?;
         if let Some(d) = &dist {
-            if cfg.model.use_bn_in_head && d.world_size() > 1 {
-                return Err(crate::error::TrainError::Invalid(
-                    "use_bn_in_head with several processes needs SyncBatchNorm, which dino-train does not have yet".into(),
-                ));
+            // As the official code converts both networks to SyncBatchNorm; the teacher stays
+            // in training mode, so it normalises with the global batch statistics too.
+            if cfg.model.use_bn_in_head {
+                student.sync_batch_stats(d.clone());
+                teacher.sync_batch_stats(d.clone());
             }
             // Every variable, in name order (the same on every rank).
             let vars: std::collections::BTreeMap<String, Tensor> = (student.vs.variables())
@@ -164,18 +165,18 @@ impl DinoStep {
         let v = self.schedules.at(it)?;
         let epoch = v.epoch;
         let (student, teacher, dino_loss) = (&self.student, &self.teacher, &mut self.loss);
-        let (loss, teacher_stats) = crate::device::cuda_autocast(self.precision.autocast(), || {
-            // The teacher sees the global views only.
-            let t = tch::no_grad(|| teacher.forward_crops(&[global], true)); // [2b, out_dim]
+        let forward = crate::device::cuda_autocast(self.precision.autocast(), || {
+            // The teacher sees the global views only: [2b, out_dim].
+            let t = tch::no_grad(|| teacher.forward_crops(&[global], true))?;
             let groups: Vec<&Tensor> = std::iter::once(global).chain(local).collect();
-            let s = student.forward_crops(&groups, true); // [(2 + n) * b, out_dim]
+            let s = student.forward_crops(&groups, true)?; // [(2 + n) * b, out_dim]
             // Before the loss, which moves the centre: what the loss sees.
             let stats = observe
                 .then(|| dino_loss.teacher_stats(&t, epoch))
-                .transpose();
-            (dino_loss.forward(&s, &t, epoch), stats)
+                .transpose()?;
+            Ok::<_, crate::error::TrainError>((dino_loss.forward(&s, &t, epoch)?, stats))
         });
-        let (loss, teacher_stats) = (loss?, teacher_stats?);
+        let (loss, teacher_stats) = forward?;
         phase("forward");
         let finite = self.backward(&loss, phase)?;
         // A float16 overflow skips the update, as GradScaler.step does.
@@ -201,9 +202,10 @@ impl DinoStep {
     /// (`phase`: `"backward"`, then `"allreduce"` when there are other ranks.)
     fn backward(&mut self, loss: &Tensor, phase: &mut dyn FnMut(&'static str)) -> Result<bool> {
         self.optimizer.zero_grad();
+        // Fallible: with SyncBatchNorm, the backward runs collectives.
         match &self.scaler {
-            None => loss.backward(),
-            Some(s) => s.scale(loss).backward(),
+            None => loss.f_backward()?,
+            Some(s) => s.scale(loss).f_backward()?,
         }
         phase("backward");
         if let Some(d) = &self.dist {
