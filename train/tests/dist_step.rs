@@ -13,6 +13,8 @@
 //! per-coordinate normalisation turns into steps of random sign and the size of the
 //! learning rate (1e-2 apart after 20 steps); with SGD they stay at that noise.
 
+mod algo_common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -20,13 +22,11 @@ use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use algo_common::small::small_config;
 use dino_core::st::{RawTensor, StFile};
 use dino_core::testing::assert_close;
 use dino_dist::{Backend, DistEnv, ProcessGroup};
-use dino_train::config::{
-    Arch, AugmentConfig, ModelConfig, OptimConfig, RunConfig, TeacherConfig, TrainConfig,
-};
-use dino_train::device::{DeviceSpec, PrecisionSpec};
+use dino_train::config::TrainConfig;
 use dino_train::dist::Dist;
 use dino_train::optim::OptimizerKind;
 use dino_train::step::DinoStep;
@@ -44,53 +44,17 @@ const CHILD: &str = "DINO_DIST_STEP_OUT";
 const TEST: &str = "two_ranks_of_batch_b_equal_one_process_of_batch_2b";
 const TEST_BN: &str = "two_ranks_with_bn_in_head_equal_one_process";
 
+/// The step-fidelity configuration at `batch` images per process.
 fn config(batch: usize, use_bn: bool) -> TrainConfig {
-    TrainConfig {
-        model: ModelConfig {
-            arch: Arch::Custom,
-            patch_size: 4,
-            embed_dim: Some(24),
-            depth: Some(2),
-            num_heads: Some(2),
-            out_dim: 64,
-            head_hidden_dim: 48,
-            head_bottleneck_dim: 16,
-            drop_path_rate: 0.0,
-            use_bn_in_head: use_bn,
-            ..ModelConfig::default()
-        },
-        teacher: TeacherConfig {
-            momentum_teacher: 0.9,
-            teacher_temp: 0.07,
-            warmup_teacher_temp_epochs: 2,
-            ..TeacherConfig::default()
-        },
-        optim: OptimConfig {
-            precision: PrecisionSpec::Fp32,
-            lr: 0.128,
-            warmup_epochs: 1,
-            clip_grad: 0.3,
-            batch_size: batch,
-            optimizer: if use_bn {
-                OptimizerKind::Sgd
-            } else {
-                OptimizerKind::AdamW
-            },
-            epochs: 4,
-            ..OptimConfig::default()
-        },
-        augment: AugmentConfig {
-            local_crops_number: N_LOCAL,
-            global_crop_size: 16,
-            local_crop_size: 8,
-            ..AugmentConfig::default()
-        },
-        run: RunConfig {
-            device: DeviceSpec::Cpu,
-            ..RunConfig::default()
-        },
-        ..TrainConfig::default()
-    }
+    let mut cfg = small_config();
+    cfg.model.use_bn_in_head = use_bn;
+    cfg.optim.batch_size = batch;
+    cfg.optim.optimizer = if use_bn {
+        OptimizerKind::Sgd
+    } else {
+        OptimizerKind::AdamW
+    };
+    cfg
 }
 
 /// Fixed crops of every step for the whole batch: `(global [2B, ...], local [n*B, ...])`.
