@@ -90,6 +90,19 @@ for f in "capi/$LIB" LICENSE ThirdPartyNotices.txt; do
     [[ -f "$ORT_PKG/$f" ]] || { echo "runtime_dist.sh: $ORT_PKG/$f is missing from the onnxruntime wheel" >&2; exit 1; }
 done
 
+# All three files must be built for the target (no x86-64 binaries beside an aarch64 library).
+case "$TARGET" in
+    x86_64-*) MACHINE="x86-64" ;;
+    aarch64-*) MACHINE="ARM aarch64" ;;
+    *) MACHINE="" ;;
+esac
+if [[ -n "$MACHINE" ]]; then
+    for f in "$BIN_DIR/dino-run" "$BIN_DIR/dino-export" "$ORT_PKG/capi/$LIB"; do
+        file -L "$f" | grep -q "ELF 64-bit.*$MACHINE" ||
+            { echo "runtime_dist.sh: $f is not a $MACHINE ELF file (target $TARGET): $(file -L -b "$f")" >&2; exit 1; }
+    done
+fi
+
 # --- the folder ---------------------------------------------------------------------------
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
@@ -98,6 +111,17 @@ rm -rf "$DIR" "$DIR.tar.gz"
 mkdir -p "$DIR/licenses"
 install -m 755 "$BIN_DIR/dino-run" "$BIN_DIR/dino-export" "$DIR/"
 install -m 644 "$ORT_PKG/capi/$LIB" "$DIR/$LIB"
+# Symbols are not needed to run (panic messages keep their text); the wheel's library is stripped.
+case "$TARGET" in
+    "$HOST") STRIP="${STRIP:-strip}" ;;
+    aarch64-unknown-linux-gnu) STRIP="${STRIP:-aarch64-linux-gnu-strip}" ;;
+    *) STRIP="${STRIP:-}" ;;
+esac
+if [[ -n "$STRIP" ]] && command -v "$STRIP" >/dev/null; then
+    "$STRIP" "$DIR/dino-run" "$DIR/dino-export"
+else
+    echo "runtime_dist.sh: no strip tool for $TARGET (${STRIP:-none}): binaries left with their symbols" >&2
+fi
 install -m 644 "$ORT_PKG/LICENSE" "$DIR/licenses/onnxruntime-LICENSE.txt"
 install -m 644 "$ORT_PKG/ThirdPartyNotices.txt" "$DIR/licenses/onnxruntime-ThirdPartyNotices.txt"
 install -m 644 LICENSE "$DIR/licenses/dino-rs-LICENSE.txt"
