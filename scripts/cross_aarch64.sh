@@ -56,9 +56,9 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
 TARBALL="$(scripts/runtime_dist.sh --target "$TARGET" --out "$OUT" | tail -n 1)"
 DIR="${TARBALL%.tar.gz}"
-file "$DIR/dino-run" "$DIR/dino-export" "$DIR/libonnxruntime.so.1.31.1" >&2
 for f in dino-run dino-export libonnxruntime.so.1.31.1; do
-    file -L "$DIR/$f" | grep -q 'ARM aarch64' || { echo "cross_aarch64.sh: $DIR/$f is not an aarch64 ELF file" >&2; exit 1; }
+    readelf -h "$DIR/$f" | grep -q 'Machine: *AArch64' ||
+        { echo "cross_aarch64.sh: $DIR/$f is not an aarch64 ELF file" >&2; exit 1; }
 done
 
 # The aarch64 build under qemu-user, with the cross toolchain's libc and libstdc++.

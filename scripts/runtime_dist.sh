@@ -92,14 +92,15 @@ done
 
 # All three files must be built for the target (no x86-64 binaries beside an aarch64 library).
 case "$TARGET" in
-    x86_64-*) MACHINE="x86-64" ;;
-    aarch64-*) MACHINE="ARM aarch64" ;;
+    x86_64-*) MACHINE="X86-64" ;;
+    aarch64-*) MACHINE="AArch64" ;;
     *) MACHINE="" ;;
 esac
 if [[ -n "$MACHINE" ]]; then
     for f in "$BIN_DIR/dino-run" "$BIN_DIR/dino-export" "$ORT_PKG/capi/$LIB"; do
-        file -L "$f" | grep -q "ELF 64-bit.*$MACHINE" ||
-            { echo "runtime_dist.sh: $f is not a $MACHINE ELF file (target $TARGET): $(file -L -b "$f")" >&2; exit 1; }
+        got="$(readelf -h "$f" 2>/dev/null | sed -n 's/^ *Machine: *//p')"
+        [[ "$got" == *"$MACHINE"* ]] ||
+            { echo "runtime_dist.sh: $f is not an $MACHINE ELF file (target $TARGET): ${got:-not ELF}" >&2; exit 1; }
     done
 fi
 
