@@ -1,9 +1,10 @@
-//! The runtime-only tarball of `make runtime-dist` (`scripts/runtime_dist.sh`, here with the
-//! tested build's binaries) on a clean root: unpacked into a chroot that holds only the files
-//! `ldd` lists for dino-run, dino-export and libonnxruntime (no Python, no venv, no torch, not
-//! even /proc), where it exports the shipped teacher, indexes a few CIFAR-10 images,
-//! classifies and embeds one; the model and the embedding equal the normal build's (dino-run
-//! with the venv's library). Needs root and `chroot`; skipped with a message otherwise.
+//! The runtime-only tarball of `make runtime-dist` (`scripts/runtime_dist.sh`, with the
+//! tested build's binaries unless `DINO_RUNTIME_TARBALL` names a tarball) on a clean root:
+//! unpacked into a chroot that holds only the files `ldd` lists for dino-run, dino-export and
+//! libonnxruntime (no Python, no venv, no torch, not even /proc), where it exports the shipped
+//! teacher, indexes a few CIFAR-10 images, classifies and embeds one; the model and the
+//! embedding equal the normal build's (dino-run with the venv's library). Needs root and
+//! `chroot`; skipped with a message otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,13 +80,20 @@ fn runtime_tarball_runs_in_a_chroot_without_python() {
         }
     };
     let dir = scratch("runtime-dist");
-    let built = bin("dino-run")
-        .parent()
-        .expect("target folder")
-        .to_path_buf();
-    let mut script = Command::new(root().join("scripts/runtime_dist.sh"));
-    script.args(["--prebuilt", &s(&built), "--out", &s(&dir.join("dist"))]);
-    let tarball = PathBuf::from(run_ok(&mut script, "scripts/runtime_dist.sh").trim());
+    // `DINO_RUNTIME_TARBALL`: the tarball `make runtime-dist` wrote; else one made here
+    // from the tested build's binaries.
+    let tarball = match std::env::var_os("DINO_RUNTIME_TARBALL") {
+        Some(t) => PathBuf::from(t),
+        None => {
+            let built = bin("dino-run")
+                .parent()
+                .expect("target folder")
+                .to_path_buf();
+            let mut script = Command::new(root().join("scripts/runtime_dist.sh"));
+            script.args(["--prebuilt", &s(&built), "--out", &s(&dir.join("dist"))]);
+            PathBuf::from(run_ok(&mut script, "scripts/runtime_dist.sh").trim())
+        }
+    };
     assert!(tarball.is_file(), "{} was not written", tarball.display());
     let name = tarball
         .file_name()
