@@ -1,6 +1,8 @@
 # dino-rs: the two commands of the README.
 #   make demo   train briefly on the vendored CIFAR-10 subset, export, classify, attention map
 #   make test   the whole test suite (what CI runs)
+#   make runtime-dist   dino-run + dino-export + ONNX Runtime as target/dist/dino-rs-runtime-*.tar.gz
+#   make aarch64        the same cross-built for aarch64-unknown-linux-gnu, run under qemu-user
 # Everything else (Python venv with the pinned torch/onnxruntime, the build) happens on demand.
 
 SHELL := /bin/bash
@@ -17,7 +19,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PYTHON := $(VENV)/bin/python
 CARGO ?= cargo
 
-.PHONY: build test lint demo bench fmt clean sysdeps
+.PHONY: build test lint demo bench fmt clean sysdeps runtime-dist aarch64
 # System packages the build needs (libgloo-dev's headers for dino-dist), installed once.
 sysdeps:
 	./scripts/sysdeps.sh
@@ -39,6 +41,13 @@ fmt:
 demo: sysdeps
 	$(CARGO) build --release --bins
 	./scripts/demo.sh
+
+# The runtime-only install (no Python, no torch): scripts/runtime_dist.sh builds its own binaries.
+runtime-dist:
+	./scripts/runtime_dist.sh
+
+aarch64:
+	./scripts/cross_aarch64.sh
 
 clean:
 	$(CARGO) clean

@@ -2,6 +2,8 @@
 //!
 //! The Makefile puts the venv's python first on PATH and exports `DINO_RS_VENV`; the
 //! library is the one of the pinned `onnxruntime` wheel. Nothing is linked at build time.
+//! `DINO_RS_BAKE_ORT=0` bakes nothing (the runtime-only tarball of `make runtime-dist`,
+//! whose binaries find the library next to themselves and carry no build machine path).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -10,7 +12,11 @@ const LIB: &str = "libonnxruntime.so.1.31.1";
 fn main() {
     println!("cargo:rerun-if-env-changed=DINO_RS_VENV");
     println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-env-changed=DINO_RS_BAKE_ORT");
     println!("cargo:rerun-if-changed=build.rs");
+    if std::env::var_os("DINO_RS_BAKE_ORT").is_some_and(|v| v == "0") {
+        return;
+    }
     let python = std::env::var_os("DINO_RS_VENV")
         .map(|v| PathBuf::from(v).join("bin").join("python3"))
         .filter(|p| p.exists())

@@ -106,10 +106,7 @@ pub fn find_ort_lib(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         return must_exist(PathBuf::from(p), "ORT_DYLIB_PATH");
     }
     let mut tried = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
+    if let Some(dir) = exe_dir() {
         for name in ORT_LIB_NAMES {
             let p = dir.join(name);
             if p.is_file() {
@@ -117,6 +114,11 @@ pub fn find_ort_lib(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
             }
         }
         tried.push(format!("next to the binary in {}", dir.display()));
+    } else {
+        tried.push(
+            "next to the binary (its folder is unknown: no /proc/self/exe, argv[0] not found)"
+                .into(),
+        );
     }
     if let Some(p) = BAKED_ORT_LIB.map(PathBuf::from) {
         if p.is_file() {
@@ -128,6 +130,23 @@ pub fn find_ort_lib(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
     Err(RuntimeError::OrtLibNotFound {
         tried: tried.join(", "),
     })
+}
+
+/// The folder of the running binary: `/proc/self/exe`, else (a chroot or container without
+/// `/proc`) `argv[0]` resolved against the working folder or `PATH`, symbolic links followed.
+fn exe_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok().or_else(|| {
+        let arg0 = PathBuf::from(std::env::args_os().next()?);
+        let found = if arg0.components().count() > 1 {
+            Some(arg0)
+        } else {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|d| d.join(&arg0))
+                .find(|p| p.is_file())
+        };
+        std::fs::canonicalize(found?).ok()
+    })?;
+    exe.parent().map(Path::to_path_buf)
 }
 
 /// Loads ONNX Runtime from `lib` and creates the process-wide environment.
