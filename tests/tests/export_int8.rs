@@ -13,7 +13,8 @@
 //!   images, k = 10, 20, 100, 200) within 0.5 points for the range that suits the CPU
 //!   (`reduced` on x86 without VNNI, whose int8 kernel in ONNX Runtime saturates int16
 //!   pairs of products; `full` elsewhere);
-//! - `dino-run embed`, `index`, `classify` and `attention` run on it unchanged.
+//! - `dino-run embed`, `index`, `classify` and `attention` run on it unchanged;
+//! - `--int8-range` without `--precision int8` is refused, and `--help` tells of both.
 
 use std::path::{Path, PathBuf};
 
@@ -166,6 +167,30 @@ fn int8_graph_is_valid_and_equals_a_numpy_reference() {
         a.extend(images.iter().cloned());
         run_python(REF, &a);
         check_compare(&out, layers, tag);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn int8_range_needs_int8_and_help_shows_int8() {
+    let dir = scratch("export-int8-args");
+    let to = dir.join("m.onnx");
+    let err = dino_tests::export::export_err(&[
+        "--checkpoint",
+        &s(&teacher()),
+        "--to",
+        &s(&to),
+        "--int8-range",
+        "reduced",
+    ]);
+    assert!(
+        err.contains("--int8-range applies to --precision int8 only"),
+        "{err}"
+    );
+    assert!(!to.exists());
+    let help = dino_tests::export::export_ok(&["--help"]);
+    for needle in ["--precision int8", "--int8-range reduced", "VNNI"] {
+        assert!(help.contains(needle), "{needle} not in --help");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
