@@ -9,6 +9,7 @@
 //! a per-tensor scale and zero point computed per call; weights have no zero point
 //! (symmetric), so the kernel needs no correction term for them.
 
+use crate::dense::Dense;
 use crate::onnx::graph::{Graph, attr_int};
 use crate::onnx::proto::data_type;
 
@@ -65,17 +66,6 @@ pub fn quantize_rows(w: &[f32], out: usize, inp: usize, range: Int8Range) -> Qua
         }
     }
     Quantized { values, scales }
-}
-
-/// One Linear layer: a PyTorch `[out, in]` weight and its bias, with the initializer
-/// names they get.
-pub struct Dense<'a> {
-    pub weight_key: &'a str,
-    pub weight: &'a [f32],
-    pub bias_key: &'a str,
-    pub bias: &'a [f32],
-    /// `[out, in]`.
-    pub shape: [usize; 2],
 }
 
 /// The int8 chain for `x [rows, in] -> [rows, out]`; returns `name`, its output.

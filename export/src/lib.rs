@@ -4,6 +4,7 @@
 //! `dino-import`'s small pickle VM), the graph is built node by node, and the ONNX protobuf is encoded
 //! with prost from hand-derived messages. Neither libtorch, Python nor protoc is needed.
 
+pub mod dense;
 pub mod error;
 pub mod int8;
 pub mod load;

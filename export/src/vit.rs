@@ -27,8 +27,8 @@ use dino_core::onnx_meta::{
 use dino_core::pos_embed::interpolate_pos_embed;
 use dino_core::st::RawTensor;
 
+use crate::dense::{Dense, dense, qkv_part};
 use crate::error::ExportError;
-use crate::int8::{self, Dense};
 use crate::onnx::graph::{Dim, Float, Graph, Linears, attr_float, attr_int, attr_ints};
 use crate::onnx::proto::data_type;
 use crate::probe;
@@ -455,30 +455,6 @@ fn linear(
         shape: [out, inp],
     };
     Ok(dense(g, name, x, &d))
-}
-
-/// Rows of the (query-scaled) qkv projection as one Linear of input width `d`.
-fn qkv_part<'a>(wk: &'a str, w: &'a [f32], bk: &'a str, b: &'a [f32], d: usize) -> Dense<'a> {
-    Dense {
-        weight_key: wk,
-        weight: w,
-        bias_key: bk,
-        bias: b,
-        shape: [b.len(), d],
-    }
-}
-
-/// A Linear of a block: one `Gemm` (PyTorch's `[out, in]` weight with `transB`), or the
-/// int8 chain of [`int8::linear`] when the graph's Linears are int8.
-fn dense(g: &mut Graph, name: &str, x: &str, d: &Dense) -> String {
-    match g.linears {
-        Linears::Float => {
-            let wt = g.weight(d.weight_key, &d.shape, d.weight);
-            let bt = g.weight(d.bias_key, &d.shape[..1], d.bias);
-            gemm(g, name, x, &wt, &bt)
-        }
-        Linears::Int8(range) => int8::linear(g, name, x, d, range),
-    }
 }
 
 /// LayerNorm over the last axis: the opset-17 op, or its decomposition below 17.
