@@ -16,7 +16,7 @@ Examples:
       --outputs patch_tokens,attention --img-size 64
   dino-export --checkpoint teacher.safetensors --to model-fp16.onnx --precision fp16
   dino-export --checkpoint teacher.safetensors --to model-int8.onnx --precision int8
-  dino-export --checkpoint teacher.safetensors --to model-int8.onnx --precision int8 \
+  dino-export --checkpoint teacher.safetensors --to model-int8.onnx --precision int8 \\
       --int8-range reduced          (for x86 CPUs without VNNI: most AVX2 machines)
   dino-export --checkpoint teacher.safetensors --linear-head linear.safetensors \
       --to classifier.onnx          (adds `logits`; then: dino-run classify --model classifier.onnx photo.jpg)
