@@ -31,7 +31,8 @@ pub const META_VERSION: &str = "dino_rs.version";
 pub const META_FINGERPRINT: &str = "dino_rs.fingerprint";
 /// Comma-separated graph outputs, in order (e.g. `embedding,attention`).
 pub const META_OUTPUTS: &str = "dino_rs.outputs";
-/// `fp32` or `fp16` (the weights and arithmetic; inputs and outputs are float32 either way).
+/// `fp32`, `fp16` or `int8` (the weights and arithmetic; inputs and outputs are float32 in
+/// every case; int8 quantises the blocks' Linear layers only).
 pub const META_PRECISION: &str = "dino_rs.precision";
 
 /// Human-readable duplicates of the above, for tools such as Netron.

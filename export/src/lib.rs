@@ -4,7 +4,9 @@
 //! `dino-import`'s small pickle VM), the graph is built node by node, and the ONNX protobuf is encoded
 //! with prost from hand-derived messages. Neither libtorch, Python nor protoc is needed.
 
+pub mod dense;
 pub mod error;
+pub mod int8;
 pub mod load;
 pub mod meta;
 pub mod onnx;
@@ -20,16 +22,21 @@ use dino_core::onnx_meta::{OUTPUT_LOGITS, backbone_fingerprint};
 use dino_core::st::write_bytes_atomic;
 
 pub use error::ExportError;
+pub use int8::Int8Range;
 use load::Backbone;
-use onnx::graph::Float;
+use onnx::graph::{Float, Linears};
 use onnx::proto::{ModelProto, OperatorSetIdProto};
 pub use vit::Outputs;
 
-/// Weight precision of the exported model. Inputs and outputs are float32 either way.
+/// Weight precision of the exported model. Inputs and outputs are float32 in every case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     Fp32,
     Fp16,
+    /// The blocks' Linear layers with per-output-channel int8 weights and activations
+    /// quantised at run time; everything else (patch embedding, norms, attention, a
+    /// probe) in float32.
+    Int8(Int8Range),
 }
 
 impl Precision {
@@ -37,6 +44,7 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Fp16 => "fp16",
+            Precision::Int8(_) => "int8",
         }
     }
 }
@@ -122,9 +130,10 @@ pub fn export_backbone(
 ) -> Result<ExportSummary, ExportError> {
     let vit = &b.vit;
     let img_size = check_options(vit, opts)?;
-    let float = match opts.precision {
-        Precision::Fp32 => Float::F32,
-        Precision::Fp16 => Float::F16,
+    let (float, linears) = match opts.precision {
+        Precision::Fp32 => (Float::F32, Linears::Float),
+        Precision::Fp16 => (Float::F16, Linears::Float),
+        Precision::Int8(range) => (Float::F32, Linears::Int8(range)),
     };
     let fp = backbone_fingerprint(&b.tensors);
     let head = match &opts.linear_head {
@@ -136,6 +145,7 @@ pub fn export_backbone(
         outputs: opts.outputs,
         opset: opts.opset,
         float,
+        linears,
         linear: head.as_ref(),
     };
     let weights = vit::Weights {

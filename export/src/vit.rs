@@ -27,8 +27,9 @@ use dino_core::onnx_meta::{
 use dino_core::pos_embed::interpolate_pos_embed;
 use dino_core::st::RawTensor;
 
+use crate::dense::{Dense, dense, qkv_part};
 use crate::error::ExportError;
-use crate::onnx::graph::{Dim, Float, Graph, attr_float, attr_int, attr_ints};
+use crate::onnx::graph::{Dim, Float, Graph, Linears, attr_float, attr_int, attr_ints};
 use crate::onnx::proto::data_type;
 use crate::probe;
 
@@ -58,6 +59,9 @@ pub struct GraphOptions<'a> {
     pub outputs: Outputs,
     pub opset: i64,
     pub float: Float,
+    /// Gemm, or int8 weights with dynamically quantised activations, for the blocks'
+    /// Linear layers (the patch embedding and a probe stay float).
+    pub linears: Linears,
     /// A linear probe whose class scores become the `logits` output.
     pub linear: Option<&'a LinearHead>,
 }
@@ -85,6 +89,7 @@ impl Weights<'_> {
 pub fn build(cfg: &VitConfig, w: &Weights, opts: &GraphOptions) -> Result<Graph, ExportError> {
     let t = (opts.img_size / cfg.patch_size).pow(2) + 1;
     let mut g = Graph::new(opts.opset, opts.float);
+    g.linears = opts.linears;
     let x = image_input(&mut g, cfg, opts.img_size);
     let mut x = embed_tokens(&mut g, cfg, w, &x, opts.img_size)?;
     let avgpool = opts.linear.is_some_and(|h| h.config.avgpool_patchtokens);
@@ -320,20 +325,30 @@ fn block(
     bqkv[..d].iter_mut().for_each(|v| *v *= scale);
     let heads_first = || vec![attr_ints("perm", &[0, 2, 1, 3])];
     let (q, k, v, residual) = if !cls_only {
-        let wt = g.weight(&key("attn.qkv.weight.q_scaled"), &[3 * d, d], &wqkv);
-        let bt = g.weight(&key("attn.qkv.bias.q_scaled"), &[3 * d], &bqkv);
-        let qkv = gemm(g, &name("attn/qkv"), &h, &wt, &bt);
+        let (wk, bk) = (
+            key("attn.qkv.weight.q_scaled"),
+            key("attn.qkv.bias.q_scaled"),
+        );
+        let qkv = dense(
+            g,
+            &name("attn/qkv"),
+            &h,
+            &qkv_part(&wk, &wqkv, &bk, &bqkv, d),
+        );
         let [q, k, v] = split_heads(g, cfg, &qkv, t, &name("attn"));
         (q, k, v, x.to_string())
     } else {
-        let wt = g.weight(&key("attn.qkv.weight.kv"), &[2 * d, d], &wqkv[d * d..]);
-        let bt = g.weight(&key("attn.qkv.bias.kv"), &[2 * d], &bqkv[d..]);
-        let kv = gemm(g, &name("attn/kv"), &h, &wt, &bt);
+        let (wk, bk) = (key("attn.qkv.weight.kv"), key("attn.qkv.bias.kv"));
+        let kv = qkv_part(&wk, &wqkv[d * d..], &bk, &bqkv[d..], d);
+        let kv = dense(g, &name("attn/kv"), &h, &kv);
         let [k, v] = split_heads(g, cfg, &kv, t, &name("attn"));
         let hc = cls_row(g, &h, t, d, &name("attn/cls_in"));
-        let wt = g.weight(&key("attn.qkv.weight.q_scaled"), &[d, d], &wqkv[..d * d]);
-        let bt = g.weight(&key("attn.qkv.bias.q_scaled"), &[d], &bqkv[..d]);
-        let q = gemm(g, &name("attn/q_cls"), &hc, &wt, &bt);
+        let (wk, bk) = (
+            key("attn.qkv.weight.q_scaled"),
+            key("attn.qkv.bias.q_scaled"),
+        );
+        let q = qkv_part(&wk, &wqkv[..d * d], &bk, &bqkv[..d], d);
+        let q = dense(g, &name("attn/q_cls"), &hc, &q);
         let s = g.ints(&[-1, heads as i64, 1, hd as i64], false);
         let q = g.node("Reshape", &name("attn/q_heads"), &[&q, &s], vec![]);
         (q, k, v, cls_row(g, x, t, d, &name("cls")))
@@ -431,9 +446,15 @@ fn linear(
 ) -> Result<String, ExportError> {
     let wk = format!("{key}.weight");
     let bk = format!("{key}.bias");
-    let wt = g.weight(&wk, &[out, inp], &w.get(&wk)?);
-    let bt = g.weight(&bk, &[out], &w.get(&bk)?);
-    Ok(gemm(g, name, x, &wt, &bt))
+    let (weight, bias) = (w.get(&wk)?, w.get(&bk)?);
+    let d = Dense {
+        weight_key: &wk,
+        weight: &weight,
+        bias_key: &bk,
+        bias: &bias,
+        shape: [out, inp],
+    };
+    Ok(dense(g, name, x, &d))
 }
 
 /// LayerNorm over the last axis: the opset-17 op, or its decomposition below 17.

@@ -1,6 +1,6 @@
 //! Every preset at every patch size exports to a model that
 //! `onnx.checker.check_model(full_check=True)` accepts (strict shape inference included),
-//! with all three outputs; so do fp16 and the non-default opsets.
+//! with all three outputs; so do fp16, int8 and the non-default opsets.
 
 use dino_tests::export::{REF, export_ok, weights};
 use dino_tests::{run_python, s, scratch};
@@ -38,13 +38,26 @@ fn checker_accepts_every_preset_and_patch_size() {
 }
 
 #[test]
-fn checker_accepts_fp16_and_every_opset_variant() {
+fn checker_accepts_fp16_int8_and_every_opset_variant() {
     let dir = scratch("export-check-variants");
     let w = weights(&dir, "vit_tiny", 16, 224, &[]);
     let mut models = Vec::new();
     for (tag, extra) in [
         ("fp16", vec!["--precision", "fp16"]),
         ("fp16-opset13", vec!["--precision", "fp16", "--opset", "13"]),
+        ("int8", vec!["--precision", "int8"]),
+        ("int8-opset13", vec!["--precision", "int8", "--opset", "13"]),
+        (
+            "int8-reduced-opset21",
+            vec![
+                "--precision",
+                "int8",
+                "--int8-range",
+                "reduced",
+                "--opset",
+                "21",
+            ],
+        ),
         ("opset13", vec!["--opset", "13"]),
         ("opset20", vec!["--opset", "20"]),
         ("opset21", vec!["--opset", "21"]),

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use half::f16;
 
+use crate::int8::Int8Range;
+
 use super::proto::{
     AttributeProto, GraphProto, NodeProto, TensorProto, TensorShapeProto, TypeProto,
     ValueInfoProto, attr_type, data_type, tensor_shape_proto, type_proto,
@@ -36,6 +38,17 @@ impl Float {
     }
 }
 
+/// How the Linear layers of the ViT blocks are computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Linears {
+    /// `Gemm` in the model's float type.
+    #[default]
+    Float,
+    /// Per-output-channel int8 weights, activations quantised at run time
+    /// ([`crate::int8`]).
+    Int8(Int8Range),
+}
+
 /// A dimension of a graph input or output.
 #[derive(Clone, Debug)]
 pub enum Dim {
@@ -46,6 +59,7 @@ pub enum Dim {
 pub struct Graph {
     pub opset: i64,
     pub float: Float,
+    pub linears: Linears,
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     inputs: Vec<ValueInfoProto>,
@@ -58,6 +72,7 @@ impl Graph {
         Self {
             opset,
             float,
+            linears: Linears::default(),
             nodes: Vec::new(),
             initializers: Vec::new(),
             inputs: Vec::new(),
@@ -119,6 +134,23 @@ impl Graph {
             data_type: self.float.data_type(),
             name: name.to_string(),
             raw_data: self.float.encode(values),
+        });
+        name.to_string()
+    }
+
+    /// An int8 tensor (quantised weights), stored once per name like [`Graph::weight`].
+    pub fn int8(&mut self, name: &str, dims: &[usize], values: &[i8]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
+        let key = format!("w:{name}");
+        if self.shared.contains_key(&key) {
+            return name.to_string();
+        }
+        self.shared.insert(key, name.to_string());
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: data_type::INT8,
+            name: name.to_string(),
+            raw_data: values.iter().map(|&v| v as u8).collect(),
         });
         name.to_string()
     }
