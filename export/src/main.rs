@@ -18,7 +18,7 @@ Examples:
   dino-export --checkpoint teacher.safetensors --to model-int8.onnx --precision int8
   dino-export --checkpoint teacher.safetensors --to model-int8.onnx --precision int8 \\
       --int8-range reduced          (for x86 CPUs without VNNI: most AVX2 machines)
-  dino-export --checkpoint teacher.safetensors --linear-head linear.safetensors \
+  dino-export --checkpoint teacher.safetensors --linear-head linear.safetensors \\
       --to classifier.onnx          (adds `logits`; then: dino-run classify --model classifier.onnx photo.jpg)
   dino-export import dino_deitsmall16_pretrain.pth --arch vit_small --patch-size 16 \\
       --to teacher.safetensors
