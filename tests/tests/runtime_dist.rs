@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use dino_core::testing::assert_close;
 use dino_tests::runtime::{dino_run, floats, json};
 use dino_tests::{bin, data_dir, output_ok, root, run_ok, s, scratch, sorted_files};
 
@@ -68,20 +69,9 @@ fn inside(croot: &Path, p: &Path) -> PathBuf {
     croot.join(p.strip_prefix("/").expect("absolute path"))
 }
 
-#[test]
-fn runtime_tarball_runs_in_a_chroot_without_python() {
-    let chroot = match chroot_or_skip() {
-        Ok(c) => c,
-        Err(why) => {
-            eprintln!(
-                "runtime_dist::runtime_tarball_runs_in_a_chroot_without_python skipped: {why}"
-            );
-            return;
-        }
-    };
-    let dir = scratch("runtime-dist");
-    // `DINO_RUNTIME_TARBALL`: the tarball `make runtime-dist` wrote; else one made here
-    // from the tested build's binaries.
+/// The tarball to test and its folder name: `DINO_RUNTIME_TARBALL` (what
+/// `make runtime-dist` wrote), else one made in `dir` from the tested build's binaries.
+fn tarball(dir: &Path) -> (PathBuf, String) {
     let tarball = match std::env::var_os("DINO_RUNTIME_TARBALL") {
         Some(t) => PathBuf::from(t),
         None => {
@@ -102,28 +92,27 @@ fn runtime_tarball_runs_in_a_chroot_without_python() {
         .trim_end_matches(".tar.gz")
         .to_string();
     assert!(name.starts_with("dino-rs-runtime-"), "{name}");
+    (tarball, name)
+}
 
-    // The clean root: the tarball under /opt, the libraries ldd names, the loader.
-    let croot = dir.join("root");
+/// The clean root: the tarball unpacked under /opt (checked for its files), the libraries
+/// `ldd` names and the loader; returns the unpacked folder.
+fn clean_root(croot: &Path, tarball: &Path, name: &str) -> PathBuf {
     let opt = croot.join("opt");
     std::fs::create_dir_all(&opt).unwrap();
     let mut tar = Command::new("tar");
-    tar.arg("-xzf").arg(&tarball).arg("-C").arg(&opt);
+    tar.arg("-xzf").arg(tarball).arg("-C").arg(&opt);
     output_ok(&mut tar, "tar -xzf");
-    let dist = opt.join(&name);
+    let dist = opt.join(name);
     for f in [
         "dino-run",
         "dino-export",
         "libonnxruntime.so.1.31.1",
         "README.txt",
+        "licenses/dino-rs-LICENSE.txt",
+        "licenses/onnxruntime-LICENSE.txt",
     ] {
         assert!(dist.join(f).is_file(), "the tarball lacks {f}");
-    }
-    for f in ["dino-rs-LICENSE.txt", "onnxruntime-LICENSE.txt"] {
-        assert!(
-            dist.join("licenses").join(f).is_file(),
-            "the tarball lacks licenses/{f}"
-        );
     }
     let needed = ldd_files(&[
         dist.join("dino-run"),
@@ -131,13 +120,17 @@ fn runtime_tarball_runs_in_a_chroot_without_python() {
         dist.join("libonnxruntime.so.1.31.1"),
     ]);
     for lib in &needed {
-        let to = inside(&croot, lib);
+        let to = inside(croot, lib);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(lib, &to).unwrap_or_else(|e| panic!("copy {}: {e}", lib.display()));
     }
+    eprintln!("{} libraries from ldd: {needed:?}", needed.len());
+    dist
+}
 
-    // Data: the shipped teacher, 4 training images of 3 classes, one test image.
-    let work = croot.join("work");
+/// The shipped teacher, 4 training images of each of [`CLASSES`] and one test image (a
+/// ship), under `work`.
+fn stage_data(work: &Path) {
     let cifar = data_dir().join("cifar10-mini");
     for class in CLASSES {
         let to = work.join("images").join(class);
@@ -156,11 +149,13 @@ fn runtime_tarball_runs_in_a_chroot_without_python() {
         work.join("teacher.safetensors"),
     )
     .unwrap();
+}
 
-    // No Python, no venv, no torch: the root holds the tarball, the libraries and the data.
+/// No Python, no venv, no torch anywhere in the root.
+fn assert_no_python(croot: &Path) {
     assert!(!croot.join("usr/bin/python3").exists());
     assert!(!croot.join("usr/bin/python").exists());
-    let files = all_files(&croot);
+    let files = all_files(croot);
     for f in &files {
         let n = f.file_name().unwrap().to_string_lossy().to_lowercase();
         assert!(
@@ -169,81 +164,105 @@ fn runtime_tarball_runs_in_a_chroot_without_python() {
             f.display()
         );
     }
-    eprintln!(
-        "chroot: {} files ({} libraries from ldd: {needed:?})",
-        files.len(),
-        needed.len()
-    );
+    eprintln!("chroot: {} files", files.len());
+}
 
-    let bin_in = format!("/opt/{name}");
-    let in_chroot = |args: &[&str], what: &str| {
-        let mut c = Command::new(&chroot);
+/// The classes of a `classify --json` answer, best first.
+fn top_classes(out: &str) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(out).unwrap_or_else(|e| panic!("classify: not JSON ({e}): {out}"));
+    let top = v[0]["top"]
+        .as_array()
+        .expect("classify answers a `top` list");
+    assert_eq!(top.len(), CLASSES.len(), "{out}");
+    top.iter()
+        .map(|t| t["class"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const EMBED: [&str; 6] = ["--threads", "2", "embed", "--raw", "--json", "--model"];
+const CLASSIFY: [&str; 5] = ["--threads", "2", "classify", "--json", "--model"];
+
+/// Runs the unpacked tools inside the clean root, with an empty environment.
+struct Chroot {
+    chroot: PathBuf,
+    croot: PathBuf,
+    bin_in: String,
+}
+
+impl Chroot {
+    fn run(&self, tool: &str, args: &[&str]) -> String {
+        let mut c = Command::new(&self.chroot);
         c.env_clear()
             .env("HOME", "/work")
-            .arg(&croot)
-            .arg(format!("{bin_in}/{}", args[0]))
-            .args(&args[1..]);
-        run_ok(&mut c, &format!("{what} in the chroot"))
-    };
-    let out = in_chroot(
-        &[
+            .arg(&self.croot)
+            .arg(format!("{}/{tool}", self.bin_in))
+            .args(args);
+        run_ok(&mut c, &format!("{tool} {args:?} in the chroot"))
+    }
+
+    /// Export, index, classify and embed: the top classes and the embedding.
+    fn export_index_classify_embed(&self) -> (Vec<String>, Vec<f32>) {
+        let out = self.run(
             "dino-export",
-            "--checkpoint",
-            "/work/teacher.safetensors",
-            "--to",
-            "/work/model.onnx",
-        ],
-        "dino-export",
-    );
-    eprintln!("{out}");
-    in_chroot(
-        &[
-            "dino-run",
+            &[
+                "--checkpoint",
+                "/work/teacher.safetensors",
+                "--to",
+                "/work/model.onnx",
+            ],
+        );
+        eprintln!("{out}");
+        let model = ["/work/model.onnx"];
+        let index = [
             "--threads",
             "2",
             "index",
             "--model",
-            "/work/model.onnx",
+            model[0],
             "--images",
             "/work/images",
-            "--out",
-            "/work/gallery.dgal",
-        ],
-        "dino-run index",
-    );
-    assert!(work.join("gallery.dgal").is_file());
-    let classify = |out: String| {
-        let v: serde_json::Value = serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("classify: not JSON ({e}): {out}"));
-        let top = v[0]["top"]
-            .as_array()
-            .expect("classify answers a `top` list");
-        assert_eq!(top.len(), CLASSES.len(), "{out}");
-        top.iter()
-            .map(|t| t["class"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
-    let chroot_top = classify(in_chroot(
-        &[
+        ];
+        self.run(
             "dino-run",
-            "--threads",
-            "2",
-            "classify",
-            "--model",
-            "/work/model.onnx",
-            "--gallery",
-            "/work/gallery.dgal",
-            "--json",
-            "/work/query.jpg",
-        ],
-        "dino-run classify",
-    ));
-    let embed_args = ["--threads", "2", "embed", "--raw", "--json", "--model"];
-    let mut a = vec!["dino-run"];
-    a.extend(embed_args);
-    a.extend(["/work/model.onnx", "/work/query.jpg"]);
-    let chroot_embed: serde_json::Value =
-        serde_json::from_str(&in_chroot(&a, "dino-run embed")).expect("embed JSON");
+            &[&index[..], &["--out", "/work/gallery.dgal"]].concat(),
+        );
+        let query = ["--gallery", "/work/gallery.dgal", "/work/query.jpg"];
+        let top = top_classes(&self.run("dino-run", &[&CLASSIFY[..], &model, &query].concat()));
+        let embed = self.run(
+            "dino-run",
+            &[&EMBED[..], &model, &["/work/query.jpg"]].concat(),
+        );
+        let v: serde_json::Value = serde_json::from_str(&embed).expect("embed JSON");
+        (top, floats(&v[0]["embedding"]))
+    }
+}
+
+#[test]
+fn runtime_tarball_runs_in_a_chroot_without_python() {
+    let chroot = match chroot_or_skip() {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!(
+                "runtime_dist::runtime_tarball_runs_in_a_chroot_without_python skipped: {why}"
+            );
+            return;
+        }
+    };
+    let dir = scratch("runtime-dist");
+    let (tarball, name) = tarball(&dir);
+    let croot = dir.join("root");
+    clean_root(&croot, &tarball, &name);
+    let work = croot.join("work");
+    stage_data(&work);
+    assert_no_python(&croot);
+    let jail = Chroot {
+        chroot,
+        croot: croot.clone(),
+        bin_in: format!("/opt/{name}"),
+    };
+    let (chroot_top, chroot_embed) = jail.export_index_classify_embed();
+    assert!(work.join("gallery.dgal").is_file());
 
     // The normal build with the venv's ONNX Runtime, on the same files.
     let host_model = dir.join("host.onnx");
@@ -258,36 +277,24 @@ fn runtime_tarball_runs_in_a_chroot_without_python() {
         std::fs::read(&host_model).unwrap() == std::fs::read(work.join("model.onnx")).unwrap(),
         "the chroot's dino-export wrote another model than target/release/dino-export"
     );
+    let (model, query) = (work.join("model.onnx"), work.join("query.jpg"));
     let mut cmd = dino_run(&dir);
-    cmd.args(embed_args)
-        .arg(work.join("model.onnx"))
-        .arg(work.join("query.jpg"));
-    let host_embed = json(&output_ok(&mut cmd, "dino-run embed"));
-    let (ours, want) = (
-        floats(&chroot_embed[0]["embedding"]),
-        floats(&host_embed[0]["embedding"]),
-    );
-    assert_eq!(ours.len(), want.len());
-    assert!(!ours.is_empty() && ours.iter().any(|x| *x != 0.0));
-    let worst = ours
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    eprintln!(
-        "embedding: {} values, max |chroot - host| = {worst:e}",
-        ours.len()
-    );
-    assert!(worst <= 1e-6, "max abs difference {worst}");
+    cmd.args(EMBED).arg(&model).arg(&query);
+    let host_embed = floats(&json(&output_ok(&mut cmd, "dino-run embed"))[0]["embedding"]);
+    assert!(!host_embed.is_empty() && host_embed.iter().any(|x| *x != 0.0));
+    // Same library version, same model, same pixels: equal within float noise.
+    assert_close(&chroot_embed, &host_embed, 1e-6, 0.0);
 
     let mut cmd = dino_run(&dir);
-    cmd.args(["--threads", "2", "classify", "--json", "--model"])
-        .arg(work.join("model.onnx"))
+    cmd.args(CLASSIFY)
+        .arg(&model)
         .arg("--gallery")
         .arg(work.join("gallery.dgal"))
-        .arg(work.join("query.jpg"));
-    let host_top = classify(run_ok(&mut cmd, "dino-run classify"));
-    assert_eq!(chroot_top, host_top);
+        .arg(&query);
+    assert_eq!(
+        chroot_top,
+        top_classes(&run_ok(&mut cmd, "dino-run classify"))
+    );
     eprintln!("classify: {chroot_top:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
