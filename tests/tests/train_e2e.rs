@@ -270,6 +270,9 @@ fn time_limit_and_stop_after_zero_write_the_teacher() {
     let a = StFile::read(&init.join("teacher.safetensors")).unwrap();
     let b = StFile::read(&run.join("teacher.safetensors")).unwrap();
     assert_eq!(a.tensors.len(), b.tensors.len());
-    assert!(a.tensors.iter().any(|(k, t)| t != &b.tensors[k]), "the trained teacher equals the initial one");
+    assert!(
+        a.tensors.iter().any(|(k, t)| t != &b.tensors[k]),
+        "the trained teacher equals the initial one"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
