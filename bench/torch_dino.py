@@ -155,7 +155,7 @@ def bench_train(a):
             break
     secs = time.perf_counter() - t0
     if a.save_teacher:
-        save_backbone(teacher.backbone, a.save_teacher)
+        save_backbone(teacher.backbone, a.save_teacher, cfg)
     if a.knn_train:
         top1 = knn_top1(teacher.backbone, a)
         print(json.dumps(dict(what="knn", top1=top1, seed=a.seed)), flush=True)
@@ -163,13 +163,22 @@ def bench_train(a):
                           epochs=epochs_run, workers=a.workers, threads=a.threads)))
 
 
-def save_backbone(backbone, path):
+def save_backbone(backbone, path, cfg=None):
     """The backbone's state dict with the official key names (cls_token, pos_embed,
-    patch_embed.proj.*, blocks.N.*, norm.*): safetensors for a .safetensors path, else torch.save."""
+    patch_embed.proj.*, blocks.N.*, norm.*): safetensors for a .safetensors path, else torch.save.
+    With `cfg` (the dict of `config`), the safetensors header also carries the dino-rs backbone
+    metadata (format, kind, architecture), so that `dino-train knn` reads the exact architecture
+    (from the tensors alone a width of 192 would be taken for vit_tiny, depth 12)."""
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
     if str(path).endswith(".safetensors"):
         from safetensors.torch import save_file
-        save_file(state, str(path))
+        meta = None
+        if cfg is not None:
+            vit = dict(arch="custom", patch_size=cfg["patch"], img_size=cfg["img_size"], in_chans=3,
+                       embed_dim=cfg["dim"], depth=cfg["depth"], num_heads=cfg["heads"], mlp_ratio=4.0,
+                       qkv_bias=True, drop_path_rate=0.0, layer_norm_eps=1e-6)
+            meta = {"dino_rs.format": "dino-rs/1", "dino_rs.kind": "backbone", "dino_rs.vit": json.dumps(vit)}
+        save_file(state, str(path), metadata=meta)
     else:
         torch.save(state, path)
 
