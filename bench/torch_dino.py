@@ -11,6 +11,11 @@ torch.optim.AdamW, per-parameter clipping, EMA).
       With --log-epochs, one JSON line per epoch with its mean loss (the official
       MetricLogger average); with --knn-train/--knn-val, the teacher's weighted k-NN top-1
       (k=20, T=0.07, native-size images) at the end: a seed sweep of the reference
+  torch_dino.py train --config configs/imagenette-cpu.toml --minutes 60 --save-teacher T.safetensors
+      the recipe of a dino-train TOML file (model, schedules, crops, blur, data_path; flags
+      given after it override it), stopped after the epoch that passes 60 minutes of training,
+      the teacher backbone saved with the official key names (`dino-train knn
+      --pretrained_weights T.safetensors` evaluates it)
 """
 import argparse
 import json
@@ -22,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from dino_ref.train import build, train_step  # noqa: E402
-from dino_ref.transforms import CIFAR_MEAN, CIFAR_STD, DataAugmentationDINO  # noqa: E402
+from dino_ref.transforms import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD, DataAugmentationDINO  # noqa: E402
 from dino_ref.vit import PRESETS  # noqa: E402
 
 
@@ -35,10 +40,56 @@ def config(a, niter):
     if a.heads:
         heads = a.heads
     return dict(img_size=a.global_, patch=a.patch, dim=dim, depth=depth, heads=heads, out_dim=a.out_dim,
-                hidden=a.hidden, bottleneck=256, norm_last_layer=True, drop_path_rate=0.1,
-                ncrops=2 + a.nlocal, epochs=a.epochs, niter=niter, batch=a.batch, lr=a.lr, min_lr=1e-6,
-                warmup_epochs=a.warmup_epochs, weight_decay=0.04, weight_decay_end=0.4, momentum_teacher=0.996,
-                warmup_teacher_temp=0.04, teacher_temp=0.04, warmup_teacher_temp_epochs=0)
+                hidden=a.hidden, bottleneck=a.bottleneck, norm_last_layer=a.norm_last_layer,
+                drop_path_rate=a.drop_path_rate, ncrops=2 + a.nlocal, epochs=a.epochs, niter=niter, batch=a.batch,
+                lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup_epochs, weight_decay=a.weight_decay,
+                weight_decay_end=a.weight_decay_end, momentum_teacher=a.momentum_teacher,
+                warmup_teacher_temp=a.warmup_teacher_temp, teacher_temp=a.teacher_temp,
+                warmup_teacher_temp_epochs=a.warmup_teacher_temp_epochs, student_temp=a.student_temp,
+                center_momentum=a.center_momentum)
+
+
+# dino-train option (TOML key) -> argument of this script, for --config.
+TOML_KEYS = dict(
+    arch="arch", patch_size="patch", embed_dim="dim", depth="depth", num_heads="heads", out_dim="out_dim",
+    head_hidden_dim="hidden", head_bottleneck_dim="bottleneck", norm_last_layer="norm_last_layer",
+    drop_path_rate="drop_path_rate", momentum_teacher="momentum_teacher", warmup_teacher_temp="warmup_teacher_temp",
+    teacher_temp="teacher_temp", warmup_teacher_temp_epochs="warmup_teacher_temp_epochs",
+    student_temp="student_temp", center_momentum="center_momentum", lr="lr", min_lr="min_lr",
+    warmup_epochs="warmup_epochs", weight_decay="weight_decay", weight_decay_end="weight_decay_end",
+    clip_grad="clip_grad", freeze_last_layer="freeze_last_layer", batch_size="batch", epochs="epochs",
+    global_crops_scale="global_crops_scale", global_crop_size="global_", local_crops_number="nlocal",
+    local_crops_scale="local_crops_scale", local_crop_size="local", global_blur_prob="global_blur_prob",
+    local_blur_prob="local_blur_prob", blur_sigma="blur_sigma", solarization_prob="solarization_prob",
+    mean="mean", std="std", data_path="data", seed="seed", num_workers="workers")
+# Keys that do not change what is trained (outputs, logging, evaluation, devices).
+TOML_IGNORED = {"output_dir", "saveckp_freq", "log_freq", "knn_freq", "knn_train", "knn_val", "knn_k",
+                "knn_temperature", "knn_resize", "knn_crop", "device", "photometric", "precision", "dist_timeout",
+                "dist_url", "local_rank", "img_size", "checkpoint_key"}
+# Keys whose other values the reference does not implement.
+TOML_FIXED = dict(optimizer="adamw", use_bn_in_head=False, pretrained_weights="", init_from="")
+
+
+def toml_defaults(path):
+    """Argument defaults from a dino-train TOML file; what the file leaves out takes
+    dino-train's default where it differs from this script's (best give the resolved file of
+    `dino-train train --config X --print-config`, which names every option)."""
+    import tomllib
+    with open(path, "rb") as f:
+        t = tomllib.load(f)
+    out = dict(nlocal=8, epochs=100, warmup_epochs=10, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    for k, v in t.items():
+        if k in TOML_KEYS:
+            out[TOML_KEYS[k]] = v
+        elif k in TOML_FIXED:
+            if v != TOML_FIXED[k]:
+                sys.exit(f"{path}: {k} = {v!r}: the reference implements only {TOML_FIXED[k]!r}")
+        elif k == "img_size":
+            if v != t.get("global_crop_size", v):
+                sys.exit(f"{path}: img_size must equal global_crop_size for the reference")
+        elif k not in TOML_IGNORED:
+            sys.exit(f"{path}: unknown key {k}")
+    return out
 
 
 def sync(device):
@@ -75,13 +126,15 @@ def bench_train(a):
 
     torch.manual_seed(a.seed)
     random.seed(a.seed)
-    augment = DataAugmentationDINO(a.global_, a.local, a.nlocal, a.mean, a.std)
+    augment = DataAugmentationDINO(a.global_, a.local, a.nlocal, a.mean, a.std, a.global_crops_scale,
+                                   a.local_crops_scale, a.global_blur_prob, a.local_blur_prob, a.blur_sigma,
+                                   a.solarization_prob)
     ds = datasets.ImageFolder(a.data, transform=augment)
     loader = torch.utils.data.DataLoader(ds, batch_size=a.batch, shuffle=True, num_workers=a.workers,
                                          drop_last=True, persistent_workers=a.workers > 0)
     cfg = config(a, len(loader))
     student, teacher, loss_fn, opt, sched = build(cfg, a.device)
-    seen, t0 = 0, time.perf_counter()
+    seen, epochs_run, t0 = 0, 0, time.perf_counter()
     steps = a.epochs * len(loader) if a.max_steps <= 0 else min(a.max_steps, a.epochs * len(loader))
     for epoch in range(-(-steps // len(loader))):
         losses = []
@@ -90,17 +143,44 @@ def bench_train(a):
             if it >= steps:
                 break
             images = [im.to(a.device, non_blocking=True) for im in images]
-            losses.append(train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, 3.0, 1))
+            losses.append(train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, a.clip_grad,
+                                     a.freeze_last_layer))
             seen += a.batch
+        epochs_run = epoch + 1
         if a.log_epochs and losses:
             mean = torch.stack(losses).mean().item()
-            print(json.dumps(dict(what="epoch", epoch=epoch + 1, loss=mean, seed=a.seed)), flush=True)
+            print(json.dumps(dict(what="epoch", epoch=epoch + 1, loss=mean, seed=a.seed,
+                                  seconds=time.perf_counter() - t0)), flush=True)
+        if a.minutes and time.perf_counter() - t0 >= a.minutes * 60:
+            break
     secs = time.perf_counter() - t0
+    if a.save_teacher:
+        save_backbone(teacher.backbone, a.save_teacher, cfg)
     if a.knn_train:
         top1 = knn_top1(teacher.backbone, a)
         print(json.dumps(dict(what="knn", top1=top1, seed=a.seed)), flush=True)
     print(json.dumps(dict(what="train_epochs", steps=steps, images=seen, seconds=secs, images_per_s=seen / secs,
-                          workers=a.workers, threads=a.threads)))
+                          epochs=epochs_run, workers=a.workers, threads=a.threads)))
+
+
+def save_backbone(backbone, path, cfg=None):
+    """The backbone's state dict with the official key names (cls_token, pos_embed,
+    patch_embed.proj.*, blocks.N.*, norm.*): safetensors for a .safetensors path, else torch.save.
+    With `cfg` (the dict of `config`), the safetensors header also carries the dino-rs backbone
+    metadata (format, kind, architecture), so that `dino-train knn` reads the exact architecture
+    (from the tensors alone a width of 192 would be taken for vit_tiny, depth 12)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import save_file
+        meta = None
+        if cfg is not None:
+            vit = dict(arch="custom", patch_size=cfg["patch"], img_size=cfg["img_size"], in_chans=3,
+                       embed_dim=cfg["dim"], depth=cfg["depth"], num_heads=cfg["heads"], mlp_ratio=4.0,
+                       qkv_bias=True, drop_path_rate=0.0, layer_norm_eps=1e-6)
+            meta = {"dino_rs.format": "dino-rs/1", "dino_rs.kind": "backbone", "dino_rs.vit": json.dumps(vit)}
+        save_file(state, str(path), metadata=meta)
+    else:
+        torch.save(state, path)
 
 
 @torch.no_grad()
@@ -132,6 +212,7 @@ def knn_top1(backbone, a, k=20, t=0.07):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["step", "train"])
+    ap.add_argument("--config", help="a dino-train TOML file: its recipe becomes the defaults of the flags below")
     ap.add_argument("--arch", default="custom")
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--dim", type=int, default=0)
@@ -160,6 +241,32 @@ def main():
     ap.add_argument("--knn-val", help="train: ImageFolder of k-NN test images")
     ap.add_argument("--mean", type=float, nargs=3, default=list(CIFAR_MEAN))
     ap.add_argument("--std", type=float, nargs=3, default=list(CIFAR_STD))
+    ap.add_argument("--bottleneck", type=int, default=256)
+    ap.add_argument("--norm-last-layer", type=lambda v: v.lower() in ("1", "true"), default=True)
+    ap.add_argument("--drop-path-rate", type=float, default=0.1)
+    ap.add_argument("--momentum-teacher", type=float, default=0.996)
+    ap.add_argument("--warmup-teacher-temp", type=float, default=0.04)
+    ap.add_argument("--teacher-temp", type=float, default=0.04)
+    ap.add_argument("--warmup-teacher-temp-epochs", type=int, default=0)
+    ap.add_argument("--student-temp", type=float, default=0.1)
+    ap.add_argument("--center-momentum", type=float, default=0.9)
+    ap.add_argument("--min-lr", type=float, default=1e-6)
+    ap.add_argument("--weight-decay", type=float, default=0.04)
+    ap.add_argument("--weight-decay-end", type=float, default=0.4)
+    ap.add_argument("--clip-grad", type=float, default=3.0)
+    ap.add_argument("--freeze-last-layer", type=int, default=1)
+    ap.add_argument("--global-crops-scale", type=float, nargs=2, default=[0.4, 1.0])
+    ap.add_argument("--local-crops-scale", type=float, nargs=2, default=[0.05, 0.4])
+    ap.add_argument("--global-blur-prob", type=float, nargs=2, default=[1.0, 0.1])
+    ap.add_argument("--local-blur-prob", type=float, default=0.5)
+    ap.add_argument("--blur-sigma", type=float, nargs=2, default=[0.1, 2.0])
+    ap.add_argument("--solarization-prob", type=float, nargs=2, default=[0.0, 0.2])
+    ap.add_argument("--minutes", type=float, default=0,
+                    help="train: stop after the epoch that brings the training time to this many minutes")
+    ap.add_argument("--save-teacher", help="train: write the teacher backbone here (official key names)")
+    pre, _ = ap.parse_known_args()
+    if pre.config:
+        ap.set_defaults(**toml_defaults(pre.config))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.device == "cuda" and not torch.cuda.is_available():

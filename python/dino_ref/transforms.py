@@ -44,11 +44,13 @@ class Solarization:
 
 class DataAugmentationDINO:
     """Two global crops (blur always / blur 0.1 + solarisation 0.2) and `local_crops_number`
-    local crops (blur 0.5), each flipped and colour-jittered; crop sizes and normalisation
-    are arguments (the official code fixes 224/96 and the ImageNet statistics)."""
+    local crops (blur 0.5), each flipped and colour-jittered; crop sizes, normalisation and
+    the blur / solarisation probabilities and blur radii are arguments (the official code
+    fixes 224/96, the ImageNet statistics and those probabilities: the defaults)."""
 
     def __init__(self, global_size, local_size, local_crops_number, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4)):
+                 global_crops_scale=(0.4, 1.0), local_crops_scale=(0.05, 0.4), global_blur_prob=(1.0, 0.1),
+                 local_blur_prob=0.5, blur_sigma=(0.1, 2.0), solarization_prob=(0.0, 0.2)):
         flip_and_color_jitter = transforms.Compose([
             transforms.RandomHorizontalFlip(p=0.5),
             transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
@@ -59,13 +61,19 @@ class DataAugmentationDINO:
 
         def crop(size, scale):
             return transforms.RandomResizedCrop(size, scale=scale, interpolation=bicubic)
-        self.global_transfo1 = transforms.Compose([
-            crop(global_size, global_crops_scale), flip_and_color_jitter, GaussianBlur(1.0), normalize])
-        self.global_transfo2 = transforms.Compose([
-            crop(global_size, global_crops_scale), flip_and_color_jitter, GaussianBlur(0.1), Solarization(0.2),
-            normalize])
-        self.local_transfo = transforms.Compose([
-            crop(local_size, local_crops_scale), flip_and_color_jitter, GaussianBlur(p=0.5), normalize])
+
+        def blur(p):
+            return GaussianBlur(p, *blur_sigma)
+
+        def view(size, scale, blur_p, solarize_p):
+            # A probability of 0 adds no step, so the default views draw the official random numbers.
+            steps = [crop(size, scale), flip_and_color_jitter, blur(blur_p)]
+            if solarize_p > 0:
+                steps.append(Solarization(solarize_p))
+            return transforms.Compose(steps + [normalize])
+        self.global_transfo1 = view(global_size, global_crops_scale, global_blur_prob[0], solarization_prob[0])
+        self.global_transfo2 = view(global_size, global_crops_scale, global_blur_prob[1], solarization_prob[1])
+        self.local_transfo = view(local_size, local_crops_scale, local_blur_prob, 0.0)
         self.local_crops_number = local_crops_number
 
     def __call__(self, image):

@@ -241,3 +241,38 @@ fn resume_needs_a_checkpoint_and_epochs_to_go() {
     assert!(err.contains("at epoch 2, past epochs 1"), "{err}");
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// `--time-limit` stops after the epoch that spends the budget and still writes the teacher
+/// (here a budget of 6 ms: one epoch of the two); `--stop-after 0` writes the teacher of the
+/// initialisation without a step, and no checkpoint.
+#[test]
+fn time_limit_and_stop_after_zero_write_the_teacher() {
+    let dir = scratch("time-limit");
+    let data = cifar_train(&dir, 4);
+    let cfg = write_config(&dir);
+    let run = dir.join("timed");
+    let err = ok(&train(&cfg, &data, &run, &["--time-limit", "0.0001"]));
+    assert!(err.contains("time limit reached after 1 epoch"), "{err}");
+    assert!(run.join("teacher.safetensors").exists());
+    assert!(run.join("checkpoint.safetensors").exists());
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.matches("\"kind\":\"epoch\"").count(), 1, "{log}");
+    // The run can go on to its last epoch.
+    ok(&train(&cfg, &data, &run, &["--resume"]));
+    let bad = train(&cfg, &data, &dir.join("bad"), &["--time-limit", "0"]);
+    assert!(!bad.status.success());
+
+    let init = dir.join("init");
+    let err = ok(&train(&cfg, &data, &init, &["--stop-after", "0"]));
+    assert!(err.contains("no epoch run"), "{err}");
+    assert!(init.join("teacher.safetensors").exists());
+    assert!(!init.join("checkpoint.safetensors").exists());
+    let a = StFile::read(&init.join("teacher.safetensors")).unwrap();
+    let b = StFile::read(&run.join("teacher.safetensors")).unwrap();
+    assert_eq!(a.tensors.len(), b.tensors.len());
+    assert!(
+        a.tensors.iter().any(|(k, t)| t != &b.tensors[k]),
+        "the trained teacher equals the initial one"
+    );
+    std::fs::remove_dir_all(dir).ok();
+}

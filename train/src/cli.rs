@@ -209,6 +209,14 @@ pub struct BenchArgs {
     pub breakdown: bool,
 }
 
+/// A positive, finite number of minutes.
+fn parse_minutes(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(m) if m.is_finite() && m > 0.0 => Ok(m),
+        _ => Err(format!("`{s}` is not a positive number of minutes")),
+    }
+}
+
 #[derive(Debug)]
 pub struct TrainArgs {
     pub config: Option<PathBuf>,
@@ -217,6 +225,9 @@ pub struct TrainArgs {
     pub dry_run: bool,
     /// Stop after this many epochs of this invocation (the schedules still span `epochs`).
     pub stop_after: Option<usize>,
+    /// Stop after the epoch that brings the training time of this invocation to this many
+    /// minutes, writing the checkpoint and the teacher backbone.
+    pub time_limit: Option<f64>,
     /// Options given on the command line, as `(official name, text)`.
     pub overrides: Vec<(String, String)>,
     /// Start this many rank processes on this machine (the built-in launcher).
@@ -251,7 +262,14 @@ impl Args for TrainArgs {
                     .long("stop-after")
                     .value_name("EPOCHS")
                     .value_parser(clap::value_parser!(usize))
-                    .help("stop after this many epochs of this invocation, keeping the schedules of the full run (time-boxed jobs; continue with --resume)"),
+                    .help("stop after this many epochs of this invocation, keeping the schedules of the full run (time-boxed jobs; continue with --resume); 0 writes the starting teacher backbone (e.g. the random initialisation, for a k-NN baseline) and stops"),
+            )
+            .arg(
+                clap::Arg::new("time_limit")
+                    .long("time-limit")
+                    .value_name("MINUTES")
+                    .value_parser(parse_minutes)
+                    .help("stop after the epoch that brings this invocation's training time (in-training k-NN excluded) to MINUTES, then write the checkpoint and the teacher backbone; the schedules keep the full run's length (wall-clock budgets)"),
             )
             .arg(
                 clap::Arg::new("nproc_per_node")
@@ -320,6 +338,7 @@ impl FromArgMatches for TrainArgs {
             quiet: m.get_flag("quiet"),
             dry_run: m.get_flag("print_config"),
             stop_after: m.get_one::<usize>("stop_after").copied(),
+            time_limit: m.get_one::<f64>("time_limit").copied(),
             overrides,
             nproc_per_node: m.get_one::<usize>("nproc_per_node").copied(),
         })

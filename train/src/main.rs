@@ -105,6 +105,9 @@ fn train(a: TrainArgs) -> Result<()> {
             resume: a.resume,
             quiet: a.quiet,
             stop_after: a.stop_after,
+            time_limit: a
+                .time_limit
+                .map(|m| std::time::Duration::from_secs_f64(m * 60.0)),
         },
     )?;
     if !s.wrote_files {
@@ -115,6 +118,18 @@ fn train(a: TrainArgs) -> Result<()> {
     }
     if s.finished {
         eprintln!("teacher backbone written to {}", s.teacher_path.display());
+    } else if s.teacher_written && s.epochs_run == 0 {
+        eprintln!(
+            "no epoch run (--stop-after 0): the starting teacher backbone written to {}",
+            s.teacher_path.display()
+        );
+    } else if s.time_limited {
+        eprintln!(
+            "time limit reached after {} epoch(s): teacher backbone written to {}; continue with --resume --output_dir {}",
+            s.epochs_run,
+            s.teacher_path.display(),
+            cfg.run.output_dir.display()
+        );
     } else {
         eprintln!(
             "stopped after {} epoch(s); continue with --resume --output_dir {}",

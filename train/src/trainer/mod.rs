@@ -18,7 +18,7 @@ mod output;
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
@@ -41,8 +41,13 @@ pub struct Summary {
     pub epoch_losses: Vec<f64>,
     pub teacher_path: std::path::PathBuf,
     pub skipped_files: usize,
-    /// All `epochs` are done (else stopped by `stop_after`).
+    /// All `epochs` are done (else stopped by `stop_after` or `time_limit`).
     pub finished: bool,
+    /// Stopped early by `time_limit` (the teacher backbone is written all the same).
+    pub time_limited: bool,
+    /// The teacher backbone was written (at the end, at the time limit, or with
+    /// `stop_after` 0 before any step).
+    pub teacher_written: bool,
     /// This process wrote the files (rank 0 of a multi-process run, or the only process).
     pub wrote_files: bool,
 }
@@ -55,6 +60,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Stop after this many epochs of this invocation.
     pub stop_after: Option<usize>,
+    /// Stop after the epoch that brings this invocation's training time (the in-training
+    /// k-NN evaluations excluded) to this budget; the teacher backbone is written.
+    pub time_limit: Option<std::time::Duration>,
 }
 
 /// Trains as `cfg` says. The teacher backbone is written when the last epoch is done.
@@ -85,6 +93,8 @@ pub struct Trainer {
     log: Option<MetricsLog>,
     summary: Summary,
     dist: Option<Rc<Dist>>,
+    /// Time spent in the k-NN evaluations during training (not counted by `time_limit`).
+    knn_time: Duration,
 }
 
 /// Sums of one epoch, read back once at its end.
@@ -162,6 +172,8 @@ impl Trainer {
             teacher_path: dir.teacher(),
             skipped_files: 0,
             finished: false,
+            time_limited: false,
+            teacher_written: false,
             wrote_files: main,
         };
         Ok(Self {
@@ -177,6 +189,7 @@ impl Trainer {
             log,
             summary,
             dist,
+            knn_time: Duration::ZERO,
         })
     }
 
@@ -192,11 +205,13 @@ impl Trainer {
         }
     }
 
-    /// Runs the remaining epochs (or `stop_after` of them).
+    /// Runs the remaining epochs (or `stop_after` of them, or those that fit in `time_limit`).
     pub fn fit(mut self) -> Result<Summary> {
         let end = self.opts.stop_after.map_or(self.cfg.optim.epochs, |n| {
             (self.at.epoch + n).min(self.cfg.optim.epochs)
         });
+        let started = Instant::now();
+        let mut time_limited = false;
         for epoch in self.at.epoch..end {
             let bar = progress_bar(
                 self.loader.batches_per_epoch(),
@@ -207,9 +222,32 @@ impl Trainer {
             let totals = self.run_epoch(epoch, &bar).inspect_err(|_| bar.abandon())?;
             bar.finish_and_clear();
             self.end_of_epoch(epoch, totals)?;
+            if epoch + 1 < end && self.out_of_time(started.elapsed())? {
+                time_limited = true;
+                break;
+            }
         }
-        let finished = end == self.cfg.optim.epochs;
-        self.finish(finished)
+        let finished = !time_limited && end == self.cfg.optim.epochs;
+        self.summary.time_limited = time_limited;
+        // `--stop-after 0` runs no step: the teacher as it starts (a random initialisation,
+        // or the resumed one) is written, the baseline of a k-NN evaluation.
+        let at_start = self.opts.stop_after == Some(0);
+        self.finish(finished || time_limited || at_start)
+    }
+
+    /// Whether `time_limit` is spent after `elapsed` (the k-NN evaluations not counted).
+    /// Rank 0's clock decides for every rank of a multi-process run.
+    fn out_of_time(&self, elapsed: Duration) -> Result<bool> {
+        let Some(limit) = self.opts.time_limit else {
+            return Ok(false);
+        };
+        let over = elapsed.saturating_sub(self.knn_time) >= limit;
+        let Some(dist) = &self.dist else {
+            return Ok(over);
+        };
+        let flag = Tensor::from(f32::from(u8::from(over))).to_device(self.device);
+        dist.broadcast(&[&flag])?;
+        Ok(flag.double_value(&[]) > 0.5)
     }
 
     /// One pass over the data: Algorithm 1's loop body per batch, a log line every
@@ -308,7 +346,9 @@ impl Trainer {
         self.at.epoch = epoch + 1;
         self.save_checkpoints()?;
         if self.knn_due(epoch) {
+            let t = Instant::now();
             self.evaluate_knn(epoch)?;
+            self.knn_time += t.elapsed();
         }
         Ok(())
     }
@@ -364,15 +404,18 @@ impl Trainer {
     }
 
     /// After the last epoch: the teacher backbone (dino-export's input) and the charts.
-    fn finish(mut self, finished: bool) -> Result<Summary> {
+    /// `write_teacher`: all epochs are done, `time_limit` stopped the run, or `stop_after`
+    /// is 0.
+    fn finish(mut self, write_teacher: bool) -> Result<Summary> {
         let main = self.is_main();
-        if finished && main {
+        if write_teacher && main {
             save_teacher_backbone(&self.dir.teacher(), self.step.teacher(), &self.cfg)?;
         }
-        self.summary.finished = finished;
+        self.summary.teacher_written = write_teacher;
+        self.summary.finished = self.at.epoch == self.cfg.optim.epochs;
         self.summary.skipped_files = self.loader.skipped_count();
         drop(self.log);
-        if finished && main {
+        if write_teacher && main && self.summary.epochs_run > 0 {
             self.dir.plot_curves(self.opts.quiet);
         }
         Ok(self.summary)
