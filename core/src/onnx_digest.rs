@@ -153,8 +153,18 @@ pub fn recorded(model: &[u8]) -> Result<Option<String>, String> {
 /// straight from `model` (a memory map on load), so a model costs one pass of XXH3 and
 /// no copy.
 pub fn scan(model: &[u8]) -> Result<Scan, String> {
+    scan_with(model, |_| {})
+}
+
+/// Bytes hashed between two calls of `done`.
+const CHUNK: usize = 8 << 20;
+
+/// [`scan`], calling `done(end)` whenever the bytes before `end` have been hashed, so that
+/// a memory map can let them go (resident memory stays at a chunk, not the model).
+fn scan_with(model: &[u8], mut done: impl FnMut(usize)) -> Result<Scan, String> {
     let mut h = Xxh3::new();
     let mut recorded = None;
+    let mut end = 0;
     for f in fields(model) {
         let f = f?;
         match digest_entry(&f)? {
@@ -163,8 +173,18 @@ pub fn scan(model: &[u8]) -> Result<Scan, String> {
                     return Err(format!("`{META_CONTENT_DIGEST}` appears twice"));
                 }
             }
-            None => h.update(f.raw),
+            None => {
+                for piece in f.raw.chunks(CHUNK) {
+                    h.update(piece);
+                    if piece.len() == CHUNK {
+                        done(end + piece.len());
+                    }
+                    end += piece.len();
+                }
+                continue;
+            }
         }
+        end += f.raw.len();
     }
     Ok(Scan {
         digest: format!("{:032x}", h.digest128()),
@@ -218,11 +238,11 @@ pub struct Check {
 impl Check {
     /// Maps `path`, reads the digest it records, and starts hashing its content.
     pub fn start(path: &Path) -> Result<Self, CoreError> {
-        let bytes = map_or_read(path)?;
-        let recorded = recorded(bytes.as_ref().as_ref()).map_err(|e| unreadable(path, e))?;
+        let bytes = Bytes::read(path)?;
+        let recorded = recorded(bytes.as_slice()).map_err(|e| unreadable(path, e))?;
         let worker = std::thread::Builder::new()
             .name("content-check".into())
-            .spawn(move || scan(bytes.as_ref().as_ref()))
+            .spawn(move || bytes.scan())
             .map_err(|e| CoreError::io(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -265,21 +285,56 @@ fn unreadable(path: &Path, why: String) -> CoreError {
     }
 }
 
-/// The bytes of `path`: a read-only map, pages prefetched since every byte is hashed, or
-/// the whole file read where it cannot be mapped (a pipe, some network file systems), as
-/// ONNX Runtime will read it anyway.
-fn map_or_read(path: &Path) -> Result<Box<dyn AsRef<[u8]> + Send>, CoreError> {
-    let io = |e| CoreError::io(path, e);
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    // SAFETY: the map is read-only and private to the check. A process truncating the
-    // model while it is hashed would fault (SIGBUS), as for any reader that maps it;
-    // models are replaced by rename (as every dino-rs tool writes them), not in place.
-    if let Ok(m) = unsafe { memmap2::MmapOptions::new().populate().map(&f) } {
-        return Ok(Box::new(m));
+/// The bytes of a model file: a read-only map, or the whole file where it cannot be mapped
+/// (a pipe, some network file systems), as ONNX Runtime will read it anyway.
+enum Bytes {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn read(path: &Path) -> Result<Self, CoreError> {
+        let io = |e| CoreError::io(path, e);
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the map is read-only and private to the check. A process truncating the
+        // model while it is hashed would fault (SIGBUS), as for any reader that maps it;
+        // models are replaced by rename (as every dino-rs tool writes them), not in place.
+        if let Ok(m) = unsafe { memmap2::Mmap::map(&f) } {
+            let _ = m.advise(memmap2::Advice::Sequential);
+            return Ok(Self::Map(m));
+        }
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).map_err(io)?;
+        Ok(Self::Owned(bytes))
     }
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).map_err(io)?;
-    Ok(Box::new(bytes))
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Map(m) => m,
+            Self::Owned(v) => v,
+        }
+    }
+
+    /// Hashes the content, letting mapped pages go once hashed: the model is never resident
+    /// as a whole on account of the check.
+    fn scan(&self) -> Result<Scan, String> {
+        let mut released = 0;
+        scan_with(self.as_slice(), |end| {
+            if let Self::Map(m) = self {
+                // SAFETY: a read-only map of a file, never written: dropping its pages only
+                // means that a later read faults them in again from the file, and the
+                // bytes before `end` are not read again.
+                let _ = unsafe {
+                    m.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        released,
+                        end - released,
+                    )
+                };
+                released = end;
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -356,5 +411,19 @@ mod tests {
         std::fs::write(&path, &m).unwrap();
         let err = verify_file(&path).unwrap_err().to_string();
         assert!(err.contains("m.onnx") && err.contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn large_fields_hash_in_chunks_as_one_stream() {
+        // 2.5 chunks of weights: the chunked hash equals the hash of the file at once.
+        let mut m = Vec::new();
+        let weights: Vec<u8> = (0..CHUNK * 5 / 2).map(|i| (i * 7 % 251) as u8).collect();
+        put_len(&mut m, 7, &weights);
+        let mut ends = Vec::new();
+        let s = scan_with(&m, |end| ends.push(end)).unwrap();
+        let whole = xxhash_rust::xxh3::xxh3_128(&m);
+        assert_eq!(s.digest, format!("{whole:032x}"));
+        // The field as stored (key, length, payload) goes in whole chunks, the rest at once.
+        assert_eq!(ends, vec![CHUNK, 2 * CHUNK]);
     }
 }

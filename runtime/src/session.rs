@@ -184,25 +184,48 @@ pub fn create_session(
     opts: &SessionOptions,
 ) -> Result<Session, RuntimeError> {
     let check = dino_core::onnx_digest::Check::start(model)?;
-    let cached = |digest: &str| {
+    let cache = |digest: &str| {
         (opts.device == Device::Cpu)
             .then(|| cache_path(model, digest, opts))
             .flatten()
     };
-    // The entry of the digest the file records: ONNX Runtime reads only the sealed entry,
-    // never the unchecked file, until the check is done.
-    if let Some(c) = check.recorded().and_then(cached).filter(|c| c.is_file()) {
-        let intact = std::fs::read_to_string(seal_path(&c)).ok() == cache_digest(&c);
-        let session =
-            intact.then(|| build(env, model, opts, None).map(|mut b| b.commit_from_file(&c)));
-        check.finish()?;
-        if let Some(s) = session.transpose()?.and_then(Result::ok) {
-            return Ok(s);
-        }
-        return rebuild_entry(env, model, opts, &c);
-    }
+    // A model that records its digest: ONNX Runtime loads the sealed entry of that digest
+    // (never the unchecked file) while the content is hashed.
+    let early = (check.recorded().and_then(cache))
+        .filter(|c| c.is_file())
+        .map(|c| {
+            let loaded = load_entry(env, model, opts, &c);
+            (c, loaded)
+        });
     let digest = check.finish()?;
-    create_uncached_or_caching(env, model, opts, cached(&digest).as_deref())
+    let (entry, loaded) = match early {
+        Some((c, loaded)) => (c, loaded?),
+        None => match cache(&digest) {
+            Some(c) if c.is_file() => {
+                let loaded = load_entry(env, model, opts, &c)?;
+                (c, loaded)
+            }
+            c => return create_uncached_or_caching(env, model, opts, c.as_deref()),
+        },
+    };
+    match loaded {
+        Some(s) => Ok(s),
+        None => rebuild_entry(env, model, opts, &entry),
+    }
+}
+
+/// The session of a sealed cache entry; `None` when the entry is unsealed, changed since it
+/// was sealed, or not loadable.
+fn load_entry(
+    env: &Environment,
+    model: &Path,
+    opts: &SessionOptions,
+    c: &Path,
+) -> Result<Option<Session>, RuntimeError> {
+    if std::fs::read_to_string(seal_path(c)).ok() != cache_digest(c) {
+        return Ok(None);
+    }
+    Ok(build(env, model, opts, None)?.commit_from_file(c).ok())
 }
 
 /// A damaged or unsealed cache entry: rebuilt, or left alone with an uncached session if

@@ -165,3 +165,44 @@ fn outputs_never_replace_inputs() {
     assert_eq!(std::fs::read(&model).unwrap(), model_bytes);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// The modification times of the graph-cache entries under `dir`'s cache.
+fn cache_entries(dir: &Path) -> Vec<(String, std::time::SystemTime)> {
+    let cache = dir.join("cache/dino-rs/ort");
+    let mut entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let t = std::fs::metadata(&p).unwrap().modified().unwrap();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), t)
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+#[test]
+fn a_cache_entry_is_reused_with_or_without_a_recorded_digest() {
+    let dir = scratch("integrity-cache-reuse");
+    // A fixture written without a digest, and an export that records one.
+    let (plain, _) = two_models(&dir);
+    let exported = export(&dir, "m.onnx");
+    for model in [plain, exported] {
+        let _ = std::fs::remove_dir_all(dir.join("cache"));
+        let first = embed(&dir, &model, &[]);
+        let written = cache_entries(&dir);
+        assert!(
+            written.iter().any(|(n, _)| n.ends_with(".seal")),
+            "{written:?}"
+        );
+        let second = embed(&dir, &model, &[]);
+        assert_eq!(first, second);
+        assert_eq!(
+            cache_entries(&dir),
+            written,
+            "{}: the cache entry was written again instead of loaded",
+            model.display()
+        );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
