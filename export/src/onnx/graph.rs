@@ -124,23 +124,26 @@ impl Graph {
     /// same name, e.g. the final norm used by two outputs, reuses the first).
     pub fn weight(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
         debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
-        let key = format!("w:{name}");
-        if self.shared.contains_key(&key) {
-            return name.to_string();
-        }
-        self.shared.insert(key, name.to_string());
-        self.initializers.push(TensorProto {
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: self.float.data_type(),
-            name: name.to_string(),
-            raw_data: self.float.encode(values),
-        });
-        name.to_string()
+        let float = self.float;
+        self.initializer(name, dims, float.data_type(), || float.encode(values))
     }
 
     /// An int8 tensor (quantised weights), stored once per name like [`Graph::weight`].
     pub fn int8(&mut self, name: &str, dims: &[usize], values: &[i8]) -> String {
         debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
+        self.initializer(name, dims, data_type::INT8, || {
+            values.iter().map(|&v| v as u8).collect()
+        })
+    }
+
+    /// Stores an initializer once per name; `raw` is encoded only the first time.
+    fn initializer(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        data_type: i32,
+        raw: impl FnOnce() -> Vec<u8>,
+    ) -> String {
         let key = format!("w:{name}");
         if self.shared.contains_key(&key) {
             return name.to_string();
@@ -148,9 +151,9 @@ impl Graph {
         self.shared.insert(key, name.to_string());
         self.initializers.push(TensorProto {
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: data_type::INT8,
+            data_type,
             name: name.to_string(),
-            raw_data: values.iter().map(|&v| v as u8).collect(),
+            raw_data: raw(),
         });
         name.to_string()
     }

@@ -106,6 +106,27 @@ struct EpochTotals {
     window: (usize, Instant),
 }
 
+/// The training images (every file verified; rank 0 reports what was skipped) and the note
+/// for an in-training k-NN that cannot run on unlabelled folders.
+fn open_data(cfg: &TrainConfig, main: bool) -> Result<(Arc<ImageDataset>, Option<String>)> {
+    let dataset = Arc::new(ImageDataset::open(&cfg.run.data_path, Verify::Full)?);
+    let knn_note = crate::knn_eval::unlabelled_note(cfg)?;
+    if main {
+        for s in dataset.skipped() {
+            eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
+        }
+        eprintln!(
+            "data: {}: {}",
+            cfg.run.data_path.display(),
+            dataset.describe()
+        );
+        if let Some(note) = &knn_note {
+            eprintln!("note: {note}");
+        }
+    }
+    Ok((dataset, knn_note))
+}
+
 impl Trainer {
     /// Prepares the output folder, the data, fresh networks and, with `resume`, the state of
     /// the last checkpoint.
@@ -119,21 +140,7 @@ impl Trainer {
                 "--resume: there is no checkpoint to continue from (start without --resume)",
             ));
         }
-        let dataset = Arc::new(ImageDataset::open(&cfg.run.data_path, Verify::Full)?);
-        for s in dataset.skipped().iter().filter(|_| main) {
-            eprintln!("warning: skipping {}: {}", s.path.display(), s.reason);
-        }
-        let knn_note = crate::knn_eval::unlabelled_note(cfg)?;
-        if main {
-            eprintln!(
-                "data: {}: {}",
-                cfg.run.data_path.display(),
-                dataset.describe()
-            );
-            if let Some(note) = &knn_note {
-                eprintln!("note: {note}");
-            }
-        }
+        let (dataset, knn_note) = open_data(cfg, main)?;
         let shard = dist.as_ref().map_or(Shard::default(), |d| Shard {
             rank: d.rank(),
             world: d.world_size(),
