@@ -8,7 +8,8 @@
 #    trainers read: `dino-train train --print-config`;
 # 2. writes the random-initialisation teacher of that config (`--stop-after 0`);
 # 3. dino-train trains with `--time-limit MINUTES` (it stops after the epoch that passes the
-#    budget and writes its teacher; in-training k-NN off);
+#    budget and writes its teacher; the config's in-training k-NN gives the curve, outside
+#    the budget);
 # 4. bench/torch_dino.py train trains the same resolved config with `--minutes MINUTES`
 #    (official-style code, torchvision transforms, DataLoader workers) and saves its teacher
 #    backbone with the official key names;
@@ -60,8 +61,7 @@ echo "== random initialisation" >&2
 
 echo "== dino-train, $MINUTES min" >&2
 t0=$(now)
-"$DT" train --quiet --config "$RESOLVED" --output_dir "$OUT/dino-train" --time-limit "$MINUTES" \
-    --knn_freq 0 >&2
+"$DT" train --quiet --config "$RESOLVED" --output_dir "$OUT/dino-train" --time-limit "$MINUTES" >&2
 awk -v a="$(now)" -v b="$t0" "BEGIN { print a - b }" >"$OUT/dino-train/wall_s"
 
 echo "== PyTorch reference, $MINUTES min" >&2

@@ -13,7 +13,9 @@ torch.optim.AdamW, per-parameter clipping, EMA).
       (k=20, T=0.07, native-size images) at the end: a seed sweep of the reference
   torch_dino.py train --config configs/imagenette-cpu.toml --minutes 60 --save-teacher T.safetensors
       the recipe of a dino-train TOML file (model, schedules, crops, blur, data_path; flags
-      given after it override it), stopped after the epoch that passes 60 minutes of training,
+      given after it override it), stopped at the first step that would start after 60 minutes
+      of training (dino-train's --time-limit stops at an epoch's end; a config whose
+      epochs fit the budget gives both the same budget),
       the teacher backbone saved with the official key names (`dino-train knn
       --pretrained_weights T.safetensors` evaluates it)
 """
@@ -136,11 +138,12 @@ def bench_train(a):
     student, teacher, loss_fn, opt, sched = build(cfg, a.device)
     seen, epochs_run, t0 = 0, 0, time.perf_counter()
     steps = a.epochs * len(loader) if a.max_steps <= 0 else min(a.max_steps, a.epochs * len(loader))
+    out_of_time = lambda: a.minutes and time.perf_counter() - t0 >= a.minutes * 60
     for epoch in range(-(-steps // len(loader))):
         losses = []
         for i, (images, _) in enumerate(loader):
             it = epoch * len(loader) + i
-            if it >= steps:
+            if it >= steps or out_of_time():
                 break
             images = [im.to(a.device, non_blocking=True) for im in images]
             losses.append(train_step(student, teacher, loss_fn, opt, sched, it, epoch, images, a.clip_grad,
@@ -151,7 +154,7 @@ def bench_train(a):
             mean = torch.stack(losses).mean().item()
             print(json.dumps(dict(what="epoch", epoch=epoch + 1, loss=mean, seed=a.seed,
                                   seconds=time.perf_counter() - t0)), flush=True)
-        if a.minutes and time.perf_counter() - t0 >= a.minutes * 60:
+        if out_of_time():
             break
     secs = time.perf_counter() - t0
     if a.save_teacher:
@@ -262,7 +265,7 @@ def main():
     ap.add_argument("--blur-sigma", type=float, nargs=2, default=[0.1, 2.0])
     ap.add_argument("--solarization-prob", type=float, nargs=2, default=[0.0, 0.2])
     ap.add_argument("--minutes", type=float, default=0,
-                    help="train: stop after the epoch that brings the training time to this many minutes")
+                    help="train: start no step after this many minutes of training")
     ap.add_argument("--save-teacher", help="train: write the teacher backbone here (official key names)")
     pre, _ = ap.parse_known_args()
     if pre.config:
