@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -15,7 +15,7 @@ use dino_runtime::engine::{Engine, EngineOptions};
 use dino_runtime::eval::{Counts, DEFAULT_NB_KNN, EvalSet, report};
 use dino_runtime::gallery::{Gallery, GalleryHeader, UNLABELLED_CLASS};
 use dino_runtime::knn_answer::{ClassSource, KnnParams, nearest_images};
-use dino_runtime::pipeline::{EmbedOptions, embed_paths, prepare};
+use dino_runtime::pipeline::{EmbedOptions, embed_one, embed_paths, prepare};
 use dino_runtime::serve;
 
 mod serve_args;
@@ -104,6 +104,12 @@ enum Command {
         /// The model's output as is, without L2 normalisation.
         #[arg(long)]
         raw: bool,
+        /// Time each image on its own (read, decode, preprocess, inference, one after the
+        /// other, as one request to `dino-run serve`), after one untimed warm-up run:
+        /// `latency\t<ms>\t<image>` per image on stderr, then the median and p99. Same
+        /// embeddings; no batching, no overlap.
+        #[arg(long)]
+        latency: bool,
     },
     /// Embed a folder of images into a gallery file. An ImageFolder (every image in a class
     /// folder, <dir>/<class>/<image>) keeps its classes; any other folder, flat or nested,
@@ -322,16 +328,15 @@ fn print_items(
     Ok(())
 }
 
-fn cmd_embed(
-    cli: &Cli,
-    model: &ModelArgs,
-    images: &[PathBuf],
-    json: bool,
-    raw: bool,
-) -> Result<bool> {
+fn cmd_embed(cli: &Cli, model: &ModelArgs, images: &[PathBuf], flags: EmbedFlags) -> Result<bool> {
+    let EmbedFlags { json, raw, latency } = flags;
     let mut m = open_model(cli, &model.model)?;
-    let run = (model.batch_size, OUTPUT_EMBEDDING, !raw);
-    let results = embed_all(&mut m, images, run, "embedding")?;
+    let results = if latency {
+        embed_timed(&mut m, images, !raw)?
+    } else {
+        let run = (model.batch_size, OUTPUT_EMBEDDING, !raw);
+        embed_all(&mut m, images, run, "embedding")?
+    };
     if json {
         let items = answer_each(images, &results, "embedding", |e| Ok(e.to_vec()))?;
         println!("{}", serde_json::to_string(&items)?);
@@ -344,6 +349,53 @@ fn cmd_embed(
         }
     }
     Ok(results.iter().all(Result::is_ok))
+}
+
+#[derive(Clone, Copy)]
+struct EmbedFlags {
+    json: bool,
+    raw: bool,
+    latency: bool,
+}
+
+/// `embed --latency`: each image alone and timed, after an untimed run of the first one
+/// (a session's first run allocates its buffers).
+fn embed_timed(m: &mut Model, images: &[PathBuf], normalize: bool) -> Result<Vec<Embedded>> {
+    let opts = EmbedOptions {
+        batch_size: 1,
+        normalize,
+        output: OUTPUT_EMBEDDING,
+    };
+    if let Some(first) = images.first() {
+        let _ = embed_one(m, first, opts);
+    }
+    let mut ms = Vec::with_capacity(images.len());
+    let mut results = Vec::with_capacity(images.len());
+    for p in images {
+        let t = Instant::now();
+        let r = embed_one(m, p, opts);
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        match &r {
+            Ok(_) => {
+                eprintln!("latency\t{took:.3}\t{}", p.display());
+                ms.push(took);
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+        results.push(r.map_err(|e| e.to_string()));
+    }
+    ms.sort_by(f64::total_cmp);
+    // Nearest-rank percentiles.
+    let rank = |q: usize| ms[(q * ms.len()).div_ceil(100).saturating_sub(1)];
+    if !ms.is_empty() {
+        eprintln!(
+            "latency: {} images, median {:.1} ms, p99 {:.1} ms",
+            ms.len(),
+            rank(50),
+            rank(99)
+        );
+    }
+    Ok(results)
 }
 
 fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<bool> {
@@ -503,7 +555,15 @@ fn run(cli: &Cli) -> Result<bool> {
             images,
             json,
             raw,
-        } => cmd_embed(cli, model, images, *json, *raw),
+            latency,
+        } => {
+            let flags = EmbedFlags {
+                json: *json,
+                raw: *raw,
+                latency: *latency,
+            };
+            cmd_embed(cli, model, images, flags)
+        }
         Command::Index { model, images, out } => cmd_index(cli, model, images, out),
         Command::Classify {
             query,

@@ -3,7 +3,7 @@
 //! batch is run in slices of [`crate::model::CPU_RUN_BATCH`] images, which bounds ONNX
 //! Runtime's activation memory; the embeddings are the same as in one run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use dino_core::image_io::load_rgb;
@@ -94,6 +94,26 @@ fn produce(
             return;
         }
     }
+}
+
+/// Embeds one image with nothing overlapped (read, decode, preprocess, inference, one after
+/// the other), as a single request is served: what `dino-run embed --latency` times. The
+/// values are those of [`embed_paths`].
+pub fn embed_one(
+    model: &mut Model,
+    path: &Path,
+    opts: EmbedOptions,
+) -> Result<Vec<f32>, RuntimeError> {
+    let mut input = vec![0f32; model.info.image_len()];
+    let img = load_rgb(path)?;
+    eval_transform_into(&img, &model.info.eval, &mut input);
+    let out = model.run(&input, 1, &[opts.output])?;
+    let mut v = out.into_iter().next().map(|o| o.data).unwrap_or_default();
+    if opts.normalize && !v.is_empty() {
+        let dim = v.len();
+        l2_normalize_rows(&mut v, dim);
+    }
+    Ok(v)
 }
 
 /// Embeds `paths` in batches. `sink` receives, for every image in order of completion,

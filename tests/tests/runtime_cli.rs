@@ -88,6 +88,36 @@ fn embeddings_match_python_onnxruntime() {
         assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
         assert!(cosine(&a, &b) > 0.99999);
     }
+
+    // `--latency` times every image on its own and gives the same embeddings.
+    let mut c = dino_run(&dir);
+    c.args(["embed", "--latency", "--json", "--model"])
+        .arg(&model)
+        .args(photos());
+    let out = output_ok(&mut c, "dino-run embed --latency");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let timed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("latency\t"))
+        .collect();
+    assert_eq!(timed.len(), photos().len(), "{stderr}");
+    for (line, p) in timed.iter().zip(photos()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let ms: f64 = f[1].parse().unwrap();
+        assert!(ms > 0.0 && ms.is_finite(), "{line}");
+        assert_eq!(f[2], s(&p));
+    }
+    assert!(stderr.contains(&format!("latency: {} images, median", photos().len())));
+    for (a, b) in json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(first.as_array().unwrap())
+    {
+        assert_eq!(a["image"], b["image"]);
+        let c = cosine(&floats(&a["embedding"]), &floats(&b["embedding"]));
+        assert!(c > 0.99999, "{}: cosine {c}", a["image"]);
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
