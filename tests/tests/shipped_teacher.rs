@@ -15,36 +15,6 @@ use dino_tests::{bin, data_dir, root, run_ok};
 /// between the GPU that trained it and this CPU; random features score at most 28.3% here.
 const MIN_TOP1: f64 = 34.9;
 
-#[test]
-fn shipped_teacher_classifies_cifar_far_above_random_features() {
-    let teacher = root().join("demo/teacher.safetensors");
-    assert!(teacher.exists(), "{} is missing", teacher.display());
-    let stdout = run_ok(
-        Command::new(bin("dino-train"))
-            .args([
-                "knn", "--native", "--json", "--quiet", "--device", "cpu", "--k", "20",
-            ])
-            .arg("--checkpoint")
-            .arg(&teacher)
-            .arg("--train")
-            .arg(data_dir().join("cifar10-mini/train"))
-            .arg("--val")
-            .arg(data_dir().join("cifar10-mini/test")),
-        "dino-train knn",
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&stdout).expect("dino-train knn --json prints one object");
-    let top1 = v["top1"].as_f64().expect("top1");
-    eprintln!(
-        "shipped teacher: k-NN top-1 {top1:.1}%, top-5 {}",
-        v["top5"]
-    );
-    assert!(
-        top1 >= MIN_TOP1,
-        "shipped teacher k-NN top-1 {top1:.1}% < {MIN_TOP1}%"
-    );
-}
-
 /// BENCHMARKS.md's figure for `demo/imagenette-teacher.safetensors` (the end of
 /// `bench/imagenette_cpu.sh 50`, k-NN of the 944 `val` photos against the 8,525 `train`
 /// photos at the config's eval transform) minus two validation images (0.21 points) for
@@ -53,41 +23,56 @@ fn shipped_teacher_classifies_cifar_far_above_random_features() {
 const IMAGENETTE_MIN_TOP1: f64 = IMAGENETTE_TOP1 - 0.22;
 const IMAGENETTE_TOP1: f64 = 33.26;
 
-#[test]
-fn shipped_imagenette_teacher_classifies_real_photos_above_random_features() {
-    let teacher = root().join("demo/imagenette-teacher.safetensors");
+/// Runs `dino-train knn --json` of the shipped `teacher` (a file of `demo/`) with `args` on
+/// the `data` ImageFolder pair and checks the first k's top-1 against `min_top1`.
+fn check_knn(teacher: &str, args: &[&str], (train, val): (&str, &str), min_top1: f64) {
+    let teacher = root().join("demo").join(teacher);
     assert!(teacher.exists(), "{} is missing", teacher.display());
-    let data = data_dir().join("imagenette-160");
     let stdout = run_ok(
         Command::new(bin("dino-train"))
             .args(["knn", "--json", "--quiet", "--device", "cpu"])
-            .args([
-                "--nb_knn",
-                "20",
-                "--temperature",
-                "0.07",
-                "--resize",
-                "73",
-                "--crop",
-                "64",
-            ])
-            .arg("--pretrained_weights")
+            .args(args)
             .arg(&teacher)
             .arg("--train")
-            .arg(data.join("train"))
+            .arg(data_dir().join(train))
             .arg("--val")
-            .arg(data.join("val")),
+            .arg(data_dir().join(val)),
         "dino-train knn",
     );
     let first = stdout.lines().next().unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(first).expect("one JSON object per k");
     let top1 = v["top1"].as_f64().expect("top1");
     eprintln!(
-        "shipped Imagenette teacher: k-NN top-1 {top1:.2}%, top-5 {}",
+        "{}: k-NN top-1 {top1:.2}%, top-5 {}",
+        teacher.display(),
         v["top5"]
     );
     assert!(
-        top1 >= IMAGENETTE_MIN_TOP1,
-        "shipped Imagenette teacher k-NN top-1 {top1:.2}% < {IMAGENETTE_MIN_TOP1:.2}%"
+        top1 >= min_top1,
+        "{}: k-NN top-1 {top1:.2}% < {min_top1:.2}%",
+        teacher.display()
+    );
+}
+
+#[test]
+fn shipped_teacher_classifies_cifar_far_above_random_features() {
+    check_knn(
+        "teacher.safetensors",
+        &["--native", "--k", "20", "--checkpoint"],
+        ("cifar10-mini/train", "cifar10-mini/test"),
+        MIN_TOP1,
+    );
+}
+
+#[test]
+fn shipped_imagenette_teacher_classifies_real_photos_above_random_features() {
+    let eval = ["--resize", "73", "--crop", "64"];
+    let knn = ["--nb_knn", "20", "--temperature", "0.07"];
+    let args = [&knn[..], &eval[..], &["--pretrained_weights"]].concat();
+    check_knn(
+        "imagenette-teacher.safetensors",
+        &args,
+        ("imagenette-160/train", "imagenette-160/val"),
+        IMAGENETTE_MIN_TOP1,
     );
 }
