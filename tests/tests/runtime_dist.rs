@@ -309,14 +309,24 @@ fn library_next_to_the_binary_comes_before_the_build_venv() {
     std::fs::copy(bin("dino-run"), &exe).unwrap();
     let fake = dir.join("libonnxruntime.so.1.31.1");
     std::fs::write(&fake, b"not a shared library").unwrap();
-    let o = Command::new(&exe)
-        .env_remove("ORT_DYLIB_PATH")
+    let mut cmd = Command::new(&exe);
+    cmd.env_remove("ORT_DYLIB_PATH")
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .args(["embed", "--model"])
         .arg(root().join("demo/teacher.safetensors"))
-        .arg(root().join("demo/data/photos/chelsea.png"))
-        .output()
-        .expect("run the copy of dino-run");
+        .arg(root().join("demo/data/photos/chelsea.png"));
+    // A child forked by the test running beside this one may hold the copy's write handle
+    // until its exec closes it ("text file busy"): retry for up to 10 s.
+    let mut tries = 0;
+    let o = loop {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => break r.expect("run the copy of dino-run"),
+        }
+    };
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{err}");
     assert!(
