@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -15,9 +15,10 @@ use dino_runtime::engine::{Engine, EngineOptions};
 use dino_runtime::eval::{Counts, DEFAULT_NB_KNN, EvalSet, report};
 use dino_runtime::gallery::{Gallery, GalleryHeader, UNLABELLED_CLASS};
 use dino_runtime::knn_answer::{ClassSource, KnnParams, nearest_images};
-use dino_runtime::pipeline::{EmbedOptions, embed_one, embed_paths, prepare};
+use dino_runtime::pipeline::{EmbedOptions, embed_paths, prepare};
 use dino_runtime::serve;
 
+mod latency;
 mod serve_args;
 use dino_runtime::{Model, RuntimeError};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -332,7 +333,7 @@ fn cmd_embed(cli: &Cli, model: &ModelArgs, images: &[PathBuf], flags: EmbedFlags
     let EmbedFlags { json, raw, latency } = flags;
     let mut m = open_model(cli, &model.model)?;
     let results = if latency {
-        embed_timed(&mut m, images, !raw)?
+        latency::embed_timed(&mut m, images, !raw)
     } else {
         let run = (model.batch_size, OUTPUT_EMBEDDING, !raw);
         embed_all(&mut m, images, run, "embedding")?
@@ -356,46 +357,6 @@ struct EmbedFlags {
     json: bool,
     raw: bool,
     latency: bool,
-}
-
-/// `embed --latency`: each image alone and timed, after an untimed run of the first one
-/// (a session's first run allocates its buffers).
-fn embed_timed(m: &mut Model, images: &[PathBuf], normalize: bool) -> Result<Vec<Embedded>> {
-    let opts = EmbedOptions {
-        batch_size: 1,
-        normalize,
-        output: OUTPUT_EMBEDDING,
-    };
-    if let Some(first) = images.first() {
-        let _ = embed_one(m, first, opts);
-    }
-    let mut ms = Vec::with_capacity(images.len());
-    let mut results = Vec::with_capacity(images.len());
-    for p in images {
-        let t = Instant::now();
-        let r = embed_one(m, p, opts);
-        let took = t.elapsed().as_secs_f64() * 1e3;
-        match &r {
-            Ok(_) => {
-                eprintln!("latency\t{took:.3}\t{}", p.display());
-                ms.push(took);
-            }
-            Err(e) => eprintln!("error: {e}"),
-        }
-        results.push(r.map_err(|e| e.to_string()));
-    }
-    ms.sort_by(f64::total_cmp);
-    // Nearest-rank percentiles.
-    let rank = |q: usize| ms[(q * ms.len()).div_ceil(100).saturating_sub(1)];
-    if !ms.is_empty() {
-        eprintln!(
-            "latency: {} images, median {:.1} ms, p99 {:.1} ms",
-            ms.len(),
-            rank(50),
-            rank(99)
-        );
-    }
-    Ok(results)
 }
 
 fn cmd_index(cli: &Cli, model: &ModelArgs, images: &Path, out: &Path) -> Result<bool> {
