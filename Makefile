@@ -47,6 +47,7 @@ runtime-dist:
 	./scripts/runtime_dist.sh
 
 aarch64:
+	./scripts/sysdeps.sh --cross-aarch64
 	./scripts/cross_aarch64.sh
 
 clean:

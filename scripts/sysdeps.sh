@@ -9,7 +9,22 @@
 #     required: without root or apt-get only a note is printed.
 #   * Debian's nasm, with which the JPEG decoder (libjpeg-turbo's, built by the mozjpeg
 #     crate) gets its SIMD code: the same pixels, faster. Optional like chromium.
+#   * with --cross-aarch64 (make aarch64): instead, Debian's aarch64 cross compiler and
+#     libraries and qemu-user, for scripts/cross_aarch64.sh (which names what is missing).
 set -euo pipefail
+if [ "${1:-}" = --cross-aarch64 ]; then
+  cross=()
+  command -v aarch64-linux-gnu-gcc >/dev/null || cross+=(gcc-aarch64-linux-gnu)
+  [ -e /usr/aarch64-linux-gnu/lib/libstdc++.so.6 ] || cross+=(g++-aarch64-linux-gnu)
+  command -v qemu-aarch64 >/dev/null || command -v qemu-aarch64-static >/dev/null || cross+=(qemu-user)
+  if [ ${#cross[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "dino-rs: installing ${cross[*]} (the aarch64 cross build and its emulator)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2
+    apt-get install -y -qq --no-install-recommends "${cross[@]}" >&2
+  fi
+  exit 0
+fi
 include="${DINO_GLOO_INCLUDE:-/usr/include}"
 packages=()
 if [ ! -f "$include/gloo/config.h" ]; then
