@@ -15,7 +15,7 @@ usage: scripts/debian_rust_aarch64.sh
 
 Prints the path of a rustc wrapper able to build for aarch64-unknown-linux-gnu, made from
 Debian's rustc-web, libstd-rust-web-dev (amd64 and arm64) and libllvmNN. Cached under
-${XDG_CACHE_HOME:-~/.cache}/dino-rs/rustc-web-<version>; needs root (or a prepared cache)
+${DINO_RS_CACHE:-~/.cache/dino-rs}/rustc-web-<version>; needs root (or a prepared cache)
 the first time, to add arm64 to dpkg's architectures and install libllvmNN.
 EOF
 }
@@ -39,7 +39,7 @@ fi
     die "Debian's rustc-web is not in apt's lists (run apt-get update; Debian 12 has it in bookworm and bookworm-security)"
 UPSTREAM="${VERSION%%+*}"                # 1.96.0
 SERIES="$(cut -d. -f1,2 <<<"$UPSTREAM")" # 1.96
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/dino-rs/rustc-web-$VERSION"
+CACHE="${DINO_RS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/dino-rs}/rustc-web-$VERSION"
 WRAPPER="$CACHE/bin/rustc"
 
 if [[ ! -x "$WRAPPER" ]]; then
