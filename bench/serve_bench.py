@@ -1,15 +1,25 @@
 """Measures `dino-run serve` against the batch CLI; driven by bench/serve.sh.
 
 All traffic goes to 127.0.0.1 on a port the server picks; every loop is bounded by the
-image count. The CLI's throughput excludes process start and session creation:
-wall(N + w images) - wall(w images), w = one batch. Its latency is what `dino-run embed
---latency` measures inside the process: each image read, decoded, preprocessed and run on
-its own after a warm-up run, as one request to the server is; the server's is measured by
-the client, HTTP included, over the same images. The two are taken in pairs, image by
-image (a fresh `embed --latency` process for each, which warms up on that image first),
-so that a VM whose speed drifts by 20% from one minute to the next (as the 2-core VMs
-here do) slows both sides alike; the median of the paired differences is printed beside
-the percentiles. Prints a Markdown table.
+image count. Clients keep their connection open (HTTP/1.1 keep-alive), as a client calling
+many times a second does.
+
+The 2-core VMs this runs on drift in speed by 20% from one minute to the next, so every
+comparison is paired in time:
+* throughput: rounds of the CLI and the server under load, the order alternating round by
+  round; the round of the median ratio gives the figures, and every round's ratio is
+  printed. Both sides are measured alike, wall(N + w images) - wall(w images), w = one
+  batch: this leaves out the CLI's process start and session creation, and the ramp up
+  and down of the server's clients;
+* latency: one warm `dino-run embed --latency -` process, fed one path at a time on stdin,
+  and the server are given each image in turn, one right after the other, the order
+  alternating image by image. The CLI's figure is measured inside its process (read,
+  decode, preprocess, run), the server's by the client, HTTP included. The percentiles of
+  each side are over the same moments; the median of the paired differences is printed
+  beside them. Each is timed after a rest (--settle-ms): ONNX Runtime's threads spin for a
+  while after a run, and on 2 cores one side's spinning slows the other's next run (by
+  30 ms, whichever side went second, without the rest).
+Prints a Markdown table.
 """
 
 import argparse
@@ -44,19 +54,32 @@ def cli_run(env, model, threads, batch, images):
 
 def cli_per_image(env, model, threads, batch, images, warm):
     """(wall, CPU) seconds per image of a warm CLI: the N-image run minus a `warm`-image
-    run, best of 2 rounds each."""
-    full = min(cli_run(env, model, threads, batch, images + images[:warm]) for _ in range(2))
-    base = min(cli_run(env, model, threads, batch, images[:warm]) for _ in range(2))
+    run."""
+    full = cli_run(env, model, threads, batch, images + images[:warm])
+    base = cli_run(env, model, threads, batch, images[:warm])
     return tuple((f - b) / len(images) for f, b in zip(full, base))
 
 
-def cli_latencies(env, model, threads, images):
-    """Per-image milliseconds of `dino-run embed --latency` (warm, nothing overlapped)."""
-    cmd = [str(BIN), "--threads", str(threads), "embed", "--latency", "--model", model,
-           *map(str, images)]
-    r = subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
-    return [float(l.split("\t")[1]) / 1e3 for l in r.stderr.splitlines() if l.startswith("latency\t")]
+class CliLatency:
+    """A warm `dino-run embed --latency -` process that times one image per call."""
+
+    def __init__(self, env, model, threads):
+        cmd = [str(BIN), "--threads", str(threads), "embed", "--latency", "--model", model, "-"]
+        self.p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def time(self, path):
+        """Seconds the process took for `path` (its first image also warms it up)."""
+        self.p.stdin.write(f"{path}\n")
+        self.p.stdin.flush()
+        line = self.p.stderr.readline()
+        if not line.startswith("latency\t"):
+            raise SystemExit(f"dino-run embed --latency: {line.strip() or 'ended'} ({path})")
+        return float(line.split("\t")[1]) / 1e3
+
+    def close(self):
+        self.p.stdin.close()
+        self.p.wait(timeout=60)
 
 
 def percentile(sorted_values, q):
@@ -77,16 +100,24 @@ def start_server(env, model, threads):
     raise SystemExit("dino-run serve did not start")
 
 
-def post(host, port, body):
-    c = http.client.HTTPConnection(host, port, timeout=120)
-    t = time.perf_counter()
-    c.request("POST", "/v1/embed", body=body)
-    r = c.getresponse()
-    r.read()
-    c.close()
-    if r.status != 200:
-        raise SystemExit(f"status {r.status}")
-    return time.perf_counter() - t
+class Client:
+    """One keep-alive connection posting images to /v1/embed."""
+
+    def __init__(self, host, port):
+        self.c = http.client.HTTPConnection(host, port, timeout=120)
+
+    def post(self, body):
+        """Seconds from sending the request to reading the whole answer."""
+        t = time.perf_counter()
+        self.c.request("POST", "/v1/embed", body=body)
+        r = self.c.getresponse()
+        r.read()
+        if r.status != 200:
+            raise SystemExit(f"status {r.status}")
+        return time.perf_counter() - t
+
+    def close(self):
+        self.c.close()
 
 
 def cpu_s(pid):
@@ -103,18 +134,20 @@ def rss_mib(pid):
 
 
 def load(host, port, bodies, clients, pid):
-    """`clients` threads posting `bodies` (each once); returns (images/s, server CPU
-    seconds per image, peak RSS MiB)."""
+    """`clients` threads posting `bodies` (each once); returns (wall seconds, server CPU
+    seconds, peak RSS MiB)."""
     next_i, lock, peak, done = [0], threading.Lock(), [0.0], threading.Event()
 
     def client():
+        c = Client(host, port)
         while True:
             with lock:
                 i = next_i[0]
                 next_i[0] += 1
             if i >= len(bodies):
+                c.close()
                 return
-            post(host, port, bodies[i])
+            c.post(bodies[i])
 
     def sample():
         while not done.is_set():
@@ -132,13 +165,65 @@ def load(host, port, bodies, clients, pid):
     wall, cpu = time.perf_counter() - t, cpu_s(pid) - c
     done.set()
     s.join()
-    return len(bodies) / wall, cpu / len(bodies), peak[0]
+    return wall, cpu, peak[0]
+
+
+def server_per_image(host, port, bodies, warm, clients, pid):
+    """(wall, CPU) seconds per image of the server under load, as the CLI's: the run of
+    N + w images minus a run of w (the ramp up and down of the clients cancel out), and
+    the peak RSS."""
+    full = load(host, port, bodies + bodies[:warm], clients, pid)
+    base = load(host, port, bodies[:warm], clients, pid)
+    return (full[0] - base[0]) / len(bodies), (full[1] - base[1]) / len(bodies), full[2]
+
+
+def paired_latency(env, model, threads, client, images, bodies, settle):
+    """Per-image seconds of the CLI and of the server, taken in pairs. Each is timed
+    after `settle` seconds of rest: ONNX Runtime's threads spin for a while after a run,
+    and on 2 cores the one side's spinning would slow the other's next run."""
+    cli, cli_s, srv = CliLatency(env, model, threads), [], []
+    for i, (path, body) in enumerate(zip(images, bodies)):
+        for side in (("cli", "server") if i % 2 == 0 else ("server", "cli")):
+            time.sleep(settle)
+            if side == "cli":
+                cli_s.append(cli.time(path))
+            else:
+                srv.append(client.post(body))
+    cli.close()
+    return cli_s, srv
+
+
+def paired_throughput(env, model, a, host, port, pid, images, bodies):
+    """Per round: (CLI images/s, CLI CPU s/image, server images/s, server CPU s/image,
+    server peak RSS MiB), the order alternating round by round."""
+    rounds = []
+    for r in range(a.rounds):
+        got = {}
+        for side in (("cli", "server") if r % 2 == 0 else ("server", "cli")):
+            if side == "cli":
+                got["cli"] = cli_per_image(env, model, a.threads, 32, images, 32)
+            else:
+                got["server"] = server_per_image(host, port, bodies, 32, a.clients, pid)
+        (cli_s, cli_cpu), (srv_s, cpu, peak) = got["cli"], got["server"]
+        rounds.append((1.0 / cli_s, cli_cpu, 1.0 / srv_s, cpu, peak))
+    return rounds
+
+
+def median(values):
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--images", type=int, default=192)
+    ap.add_argument("--images", type=int, default=192, help="images per throughput round")
+    ap.add_argument("--rounds", type=int, default=3, help="throughput rounds per side")
+    ap.add_argument("--latency-images", type=int, default=480,
+                    help="image pairs timed at 1 client (p99 leaves 1%% above it)")
+    ap.add_argument("--settle-ms", type=float, default=100.0,
+                    help="rest before each timed image at 1 client")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--model-args", default="--img 224 --patch 16 --dim 384 --depth 12 --heads 6")
     a = ap.parse_args()
@@ -149,49 +234,47 @@ def main():
                     *a.model_args.split()], check=True, stdout=subprocess.DEVNULL)
     images = [PHOTOS[i % len(PHOTOS)] for i in range(a.images)]
     bodies = [p.read_bytes() for p in images]
-
-    batch_s, batch_cpu = cli_per_image(env, model, a.threads, 32, images, 32)
-    timed = images[: max(32, a.images // 2)]
+    timed = [PHOTOS[i % len(PHOTOS)] for i in range(a.latency_images)]
+    timed_bodies = [p.read_bytes() for p in timed]
 
     srv, host, port = start_server(env, model, a.threads)
     try:
+        client = Client(host, port)
         for b in bodies[:8]:
-            post(host, port, b)  # warm-up
-        # Paired: each image by a fresh CLI process (a warm-up run, then the timed one) and
-        # by the server, the order alternating, so both sides of a pair see the same moment.
-        cli_one, one, gaps = [], [], []
-        for i, (path, body) in enumerate(zip(timed, bodies)):
-            for side in (("cli", "server") if i % 2 == 0 else ("server", "cli")):
-                if side == "cli":
-                    got = cli_latencies(env, model, a.threads, [path])
-                    if len(got) != 1:
-                        raise SystemExit(f"dino-run embed --latency did not time {path}")
-                    cli_one += got
-                else:
-                    one.append(post(host, port, body))
-            gaps.append(one[-1] - cli_one[-1])
-        gap = sorted(gaps)[len(gaps) // 2]
-        cli_one, one = sorted(cli_one), sorted(one)
-        cli_p50, cli_p99 = percentile(cli_one, 50), percentile(cli_one, 99)
-        p50, p99 = percentile(one, 50), percentile(one, 99)
-        # Best of 2 rounds, as the CLI's figures.
-        rounds = [load(host, port, bodies, a.clients, srv.pid) for _ in range(2)]
-        rate, cpu, peak = max(r[0] for r in rounds), min(r[1] for r in rounds), max(r[2] for r in rounds)
+            client.post(b)  # warm-up
+        cli_one, one = paired_latency(env, model, a.threads, client, timed, timed_bodies,
+                                      a.settle_ms / 1e3)
+        client.close()
+        rounds = paired_throughput(env, model, a, host, port, srv.pid, images, bodies)
     finally:
         srv.terminate()
         srv.wait(timeout=60)
+    report(a, rounds, cli_one, one)
 
-    cli_rate = 1.0 / batch_s
+
+def report(a, rounds, cli_one, one):
+    gap = median([s - c for s, c in zip(one, cli_one)])
+    cli_one, one = sorted(cli_one), sorted(one)
+    cli_p50, cli_p99 = percentile(cli_one, 50), percentile(cli_one, 99)
+    p50, p99 = percentile(one, 50), percentile(one, 99)
+    # The round of the median ratio (the lower one of an even count) gives the figures.
+    by_ratio = sorted(rounds, key=lambda r: r[2] / r[0])
+    cli_rate, cli_cpu, rate, cpu, _ = by_ratio[(len(rounds) - 1) // 2]
+    peak = max(r[4] for r in rounds)
     print(f"model: runtime_fixture.py {a.model_args}; {a.threads} threads; "
-          f"{a.images} images (the {len(PHOTOS)} photos repeated)\n")
+          f"the {len(PHOTOS)} photos repeated\n")
+    print("per throughput round (server / CLI images/s): "
+          + ", ".join(f"{r[2]:.1f}/{r[0]:.1f} = {r[2] / r[0]:.2f}x" for r in rounds) + "\n")
     print("| measure | dino-run serve | CLI | ratio / difference | target |")
     print("|---|---|---|---|---|")
-    print(f"| images/s, {a.clients} clients vs `embed --batch-size 32` | {rate:.1f} | "
-          f"{cli_rate:.1f} | {rate / cli_rate:.2f}x | >= 0.9x |")
-    print(f"| CPU ms per image, same runs | {cpu * 1e3:.1f} | {batch_cpu * 1e3:.1f} | "
-          f"{cpu / batch_cpu:.2f}x | |")
-    print(f"| latency p50, 1 client vs warm `embed --latency`, {len(timed)} images, paired | "
-          f"{p50 * 1e3:.1f} ms | {cli_p50 * 1e3:.1f} ms | {(p50 - cli_p50) * 1e3:+.1f} ms | within 5 ms |")
+    print(f"| images/s, {a.clients} clients vs `embed --batch-size 32`, {a.images} images, "
+          f"the median of {len(rounds)} paired rounds | {rate:.1f} | {cli_rate:.1f} | "
+          f"{rate / cli_rate:.2f}x | >= 0.9x |")
+    print(f"| CPU ms per image, same round | {cpu * 1e3:.1f} | {cli_cpu * 1e3:.1f} | "
+          f"{cpu / cli_cpu:.2f}x | |")
+    print(f"| latency p50, 1 client vs warm `embed --latency`, {len(one)} images, paired | "
+          f"{p50 * 1e3:.1f} ms | {cli_p50 * 1e3:.1f} ms | {(p50 - cli_p50) * 1e3:+.1f} ms | "
+          f"within 5 ms |")
     print(f"| latency p99, same | {p99 * 1e3:.1f} ms | {cli_p99 * 1e3:.1f} ms | "
           f"{(p99 - cli_p99) * 1e3:+.1f} ms | within 5 ms |")
     print(f"| median of the paired differences (server - CLI) | | | {gap * 1e3:+.1f} ms | |")

@@ -28,6 +28,8 @@ use serve_args::ServeArgs;
 const EXAMPLES: &str = "\
 Examples:
   dino-run embed --model model.onnx photo.jpg other.png --json
+  ls *.jpg | dino-run embed --latency --model model.onnx -   (warm one-image latency of
+      each path read from stdin, answered line by line)
   dino-run index --model model.onnx --images data/train --out gallery.dgal
   dino-run classify --model model.onnx --gallery gallery.dgal photo.jpg --k 20 --topk 5
   dino-run classify --model classifier.onnx photo.jpg --topk 3   (a model exported with
@@ -108,7 +110,9 @@ enum Command {
         /// Time each image on its own (read, decode, preprocess, inference, one after the
         /// other, as one request to `dino-run serve`), after one untimed warm-up run:
         /// `latency\t<ms>\t<image>` per image on stderr, then the median and p99. Same
-        /// embeddings; no batching, no overlap.
+        /// embeddings; no batching, no overlap. With `-` as the only image, the paths are
+        /// read from stdin, one per line, and each is answered (stdout flushed) before the
+        /// next line is read; --json then prints one JSON object per line.
         #[arg(long)]
         latency: bool,
     },
@@ -331,7 +335,14 @@ fn print_items(
 
 fn cmd_embed(cli: &Cli, model: &ModelArgs, images: &[PathBuf], flags: EmbedFlags) -> Result<bool> {
     let EmbedFlags { json, raw, latency } = flags;
+    let from_stdin = images.iter().any(|p| p.as_os_str() == "-");
+    if from_stdin && !(latency && images.len() == 1) {
+        bail!("`-` (image paths from stdin) is taken by `embed --latency` as its only image");
+    }
     let mut m = open_model(cli, &model.model)?;
+    if from_stdin {
+        return latency::embed_stream(&mut m, std::io::stdin().lock(), !raw, json);
+    }
     let results = if latency {
         latency::embed_timed(&mut m, images, !raw)
     } else {

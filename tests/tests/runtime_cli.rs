@@ -118,7 +118,100 @@ fn embeddings_match_python_onnxruntime() {
         let c = cosine(&floats(&a["embedding"]), &floats(&b["embedding"]));
         assert!(c > 0.99999, "{}: cosine {c}", a["image"]);
     }
+    latency_from_stdin_answers_line_by_line(&dir, &model, &first);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `embed --latency -` answers each path from stdin before the next one is written (the
+/// lockstep a benchmark pairing it with the server relies on), with the batch embeddings;
+/// a missing file is an error line, and the run goes on.
+fn latency_from_stdin_answers_line_by_line(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    batch: &serde_json::Value,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut c = dino_run(dir);
+    c.args(["embed", "--latency", "--json", "--model"])
+        .arg(model)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let missing = dir.join("missing.jpg");
+    let mut paths = photos();
+    paths.insert(1, missing.clone());
+    for p in &paths {
+        writeln!(stdin, "{}", p.display()).unwrap();
+        stdin.flush().unwrap();
+        // The answer comes while stdin is still open: nothing waits for its end.
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no answer for {} within 120 s", p.display()));
+        let got: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(got["image"].as_str().unwrap(), s(p));
+        if *p == missing {
+            assert!(
+                got["error"].as_str().unwrap().contains("missing.jpg"),
+                "{got}"
+            );
+            continue;
+        }
+        let want = batch
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["image"] == got["image"]);
+        let c = cosine(
+            &floats(&got["embedding"]),
+            &floats(&want.unwrap()["embedding"]),
+        );
+        assert!(c > 0.99999, "{}: cosine {c}", p.display());
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing image gives exit status 1"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let timed = stderr
+        .lines()
+        .filter(|l| l.starts_with("latency\t"))
+        .count();
+    assert_eq!(timed, photos().len(), "{stderr}");
+
+    // A line no path can be is refused, not buffered without bound.
+    let mut c = dino_run(dir);
+    c.args(["embed", "--latency", "--model"])
+        .arg(model)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The child may stop reading early: a broken pipe here is fine.
+    let _ = stdin.write_all(&vec![b'x'; 1 << 20]);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stdin: line 1 is longer than 4096 bytes"),
+        "{stderr}"
+    );
 }
 
 #[test]
