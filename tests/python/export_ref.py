@@ -5,7 +5,8 @@ in plain PyTorch (pre-norm blocks, softmax(QK^T * scale), erf GELU, final norm, 
 official `interpolate_pos_encoding`: bicubic with scale_factor (w0 + 0.1) / sqrt(N)).
 
   weights --arch A --patch P [--img-size S] --seed N --out W.safetensors [--kind K] [--eval JSON]
-      seeded weights with the official keys, written with the dino-rs metadata
+      seeded weights with the official keys, written with the dino-rs metadata; with several
+      patch sizes (--patch 4 8 16), --out names each file with {patch}
   pth --layout backbone|checkpoint --arch A --patch P --seed N --out F.pth [--half]
       the same kind of weights saved with torch.save in the official layouts
   check MODEL.onnx...
@@ -32,6 +33,14 @@ from dino_ref.vit import PRESETS, VisionTransformer  # noqa: E402
 
 
 def cmd_weights(a):
+    # Several patch sizes in one call: `--out` then names each file with `{patch}`.
+    for patch in a.patch:
+        one = argparse.Namespace(**vars(a))
+        one.patch, one.out = patch, a.out.format(patch=patch)
+        weights_one(one)
+
+
+def weights_one(a):
     from safetensors.torch import save_file
     cfg = vit_config(a.arch, a.patch, a.img_size)
     sd = state(seeded_vit(cfg, a.seed))
@@ -149,9 +158,10 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     w = sub.add_parser("weights")
     p = sub.add_parser("pth")
+    w.add_argument("--patch", type=int, nargs="+", required=True)
+    p.add_argument("--patch", type=int, required=True)
     for s in (w, p):
         s.add_argument("--arch", required=True)
-        s.add_argument("--patch", type=int, required=True)
         s.add_argument("--img-size", type=int, default=224)
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out", required=True)

@@ -13,24 +13,28 @@ pub const REF: &str = "tests/python/export_ref.py";
 
 /// Seeded official-key weights with dino-rs metadata, at `img` pixels.
 pub fn weights(dir: &Path, arch: &str, patch: usize, img: usize, extra: &[&str]) -> PathBuf {
-    let out = dir.join(format!("{arch}-p{patch}-{img}.safetensors"));
-    let (p, i) = (patch.to_string(), img.to_string());
-    let mut args = vec![
-        "weights",
-        "--arch",
-        arch,
-        "--patch",
-        &p,
-        "--img-size",
-        &i,
-        "--seed",
-        "1",
-    ];
-    let o = s(&out);
-    args.extend(["--out", &o]);
+    let mut w = weights_each(dir, arch, &[patch], img, extra);
+    w.remove(0)
+}
+
+/// [`weights`] at each of `patches`, from one Python process (its start, torch's import,
+/// is most of the time of a small model).
+pub fn weights_each(
+    dir: &Path,
+    arch: &str,
+    patches: &[usize],
+    img: usize,
+    extra: &[&str],
+) -> Vec<PathBuf> {
+    let name = |p: &str| dir.join(format!("{arch}-p{p}-{img}.safetensors"));
+    let ps: Vec<String> = patches.iter().map(|p| p.to_string()).collect();
+    let (i, template) = (img.to_string(), s(&name("{patch}")));
+    let mut args = vec!["weights", "--arch", arch, "--patch"];
+    args.extend(ps.iter().map(String::as_str));
+    args.extend(["--img-size", &i, "--seed", "1", "--out", &template]);
     args.extend(extra);
     run_python(REF, &args);
-    out
+    ps.iter().map(|p| name(p)).collect()
 }
 
 /// Runs `dino-export` with `args`; returns the output whatever the exit status.
