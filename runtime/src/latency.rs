@@ -13,7 +13,6 @@ use anyhow::{Context, Result, bail};
 use dino_core::onnx_meta::OUTPUT_EMBEDDING;
 use dino_runtime::Model;
 use dino_runtime::pipeline::{EmbedOptions, embed_one};
-use serde_json::json;
 
 /// Longest path line read from stdin, newline included (Linux's PATH_MAX).
 const MAX_LINE: u64 = 4096;
@@ -122,14 +121,11 @@ pub fn embed_stream(
         let path = PathBuf::from(text);
         let r = timer.time(&path);
         all_ok &= r.is_ok();
-        match (&r, json) {
-            (Ok(e), true) => writeln!(out, "{}", json!({"image": path, "embedding": e}))?,
-            (Err(e), true) => writeln!(out, "{}", json!({"image": path, "error": e}))?,
-            (Ok(e), false) => {
-                let v: Vec<String> = e.iter().map(|x| x.to_string()).collect();
-                writeln!(out, "{}\t{}", path.display(), v.join(" "))?;
-            }
-            (Err(_), false) => {}
+        if json {
+            let item = crate::answer_item(&path, &r, "embedding", |e| Ok(e.to_vec()))?;
+            writeln!(out, "{item}")?;
+        } else if let Ok(e) = &r {
+            writeln!(out, "{}", crate::embedding_line(&path, e))?;
         }
         out.flush().context("stdout: cannot write")?;
     }

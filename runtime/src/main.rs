@@ -294,14 +294,29 @@ fn answer_each<T: serde::Serialize>(
     key: &str,
     answer: impl Fn(&[f32]) -> Result<T, RuntimeError>,
 ) -> Result<Vec<serde_json::Value>> {
-    let mut items = Vec::new();
-    for (p, r) in images.iter().zip(results) {
-        items.push(match r {
-            Ok(e) => json!({"image": p, key: answer(e)?}),
-            Err(e) => json!({"image": p, "error": e}),
-        });
-    }
-    Ok(items)
+    let items = images.iter().zip(results);
+    items
+        .map(|(p, r)| answer_item(p, r, key, &answer))
+        .collect()
+}
+
+/// The JSON item of one image: `key` holding `answer(embedding)`, or the image's error.
+fn answer_item<T: serde::Serialize>(
+    image: &Path,
+    result: &Embedded,
+    key: &str,
+    answer: impl Fn(&[f32]) -> Result<T, RuntimeError>,
+) -> Result<serde_json::Value> {
+    Ok(match result {
+        Ok(e) => json!({"image": image, key: answer(e)?}),
+        Err(e) => json!({"image": image, "error": e}),
+    })
+}
+
+/// The text line of one embedding: the image, a tab, the values separated by spaces.
+fn embedding_line(image: &Path, embedding: &[f32]) -> String {
+    let v: Vec<String> = embedding.iter().map(|x| x.to_string()).collect();
+    format!("{}\t{}", image.display(), v.join(" "))
 }
 
 /// Prints JSON items, or per image a tab-separated line over the entries of `key`, each
@@ -355,8 +370,7 @@ fn cmd_embed(cli: &Cli, model: &ModelArgs, images: &[PathBuf], flags: EmbedFlags
     } else {
         for (p, r) in images.iter().zip(&results) {
             if let Ok(e) = r {
-                let v: Vec<String> = e.iter().map(|x| x.to_string()).collect();
-                println!("{}\t{}", p.display(), v.join(" "));
+                println!("{}", embedding_line(p, e));
             }
         }
     }

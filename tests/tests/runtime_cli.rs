@@ -132,15 +132,7 @@ fn latency_from_stdin_answers_line_by_line(
 ) {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
-    let mut c = dino_run(dir);
-    c.args(["embed", "--latency", "--json", "--model"])
-        .arg(model)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (mut child, mut stdin) = latency_from_stdin(dir, model, &["--json"], Stdio::piped());
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     std::thread::spawn(move || {
@@ -193,15 +185,7 @@ fn latency_from_stdin_answers_line_by_line(
     assert_eq!(timed, photos().len(), "{stderr}");
 
     // A line no path can be is refused, not buffered without bound.
-    let mut c = dino_run(dir);
-    c.args(["embed", "--latency", "--model"])
-        .arg(model)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let (child, mut stdin) = latency_from_stdin(dir, model, &[], Stdio::null());
     // The child may stop reading early: a broken pipe here is fine.
     let _ = stdin.write_all(&vec![b'x'; 1 << 20]);
     drop(stdin);
@@ -212,6 +196,28 @@ fn latency_from_stdin_answers_line_by_line(
         stderr.contains("stdin: line 1 is longer than 4096 bytes"),
         "{stderr}"
     );
+}
+
+/// `dino-run embed --latency <extra> --model <model> -` with its stdin taken for the caller.
+fn latency_from_stdin(
+    dir: &std::path::Path,
+    model: &std::path::Path,
+    extra: &[&str],
+    stdout: std::process::Stdio,
+) -> (std::process::Child, std::process::ChildStdin) {
+    use std::process::Stdio;
+    let mut c = dino_run(dir);
+    c.args(["embed", "--latency"])
+        .args(extra)
+        .arg("--model")
+        .arg(model)
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let stdin = child.stdin.take().unwrap();
+    (child, stdin)
 }
 
 #[test]
