@@ -307,52 +307,13 @@ fn block(
     t: usize,
     cls_only: bool,
 ) -> Result<(String, String), ExportError> {
-    let (d, heads, hd) = (cfg.embed_dim, cfg.num_heads, cfg.head_dim());
+    let d = cfg.embed_dim;
     let eps = cfg.layer_norm_eps as f32;
     let key = |s: &str| format!("blocks.{i}.{s}");
     let name = |s: &str| format!("blocks.{i}/{s}");
 
     let h = layer_norm(g, w, x, &key("norm1"), eps, &name("norm1"))?;
-    // qkv with the 1/sqrt(head_dim) scale folded into the query rows.
-    let scale = (hd as f64).powf(-0.5) as f32;
-    let mut wqkv = w.get(&key("attn.qkv.weight"))?;
-    wqkv[..d * d].iter_mut().for_each(|v| *v *= scale);
-    let mut bqkv = if cfg.qkv_bias {
-        w.get(&key("attn.qkv.bias"))?
-    } else {
-        vec![0.0; 3 * d]
-    };
-    bqkv[..d].iter_mut().for_each(|v| *v *= scale);
-    let heads_first = || vec![attr_ints("perm", &[0, 2, 1, 3])];
-    let (q, k, v, residual) = if !cls_only {
-        let (wk, bk) = (
-            key("attn.qkv.weight.q_scaled"),
-            key("attn.qkv.bias.q_scaled"),
-        );
-        let qkv = dense(
-            g,
-            &name("attn/qkv"),
-            &h,
-            &qkv_part(&wk, &wqkv, &bk, &bqkv, d),
-        );
-        let [q, k, v] = split_heads(g, cfg, &qkv, t, &name("attn"));
-        (q, k, v, x.to_string())
-    } else {
-        let (wk, bk) = (key("attn.qkv.weight.kv"), key("attn.qkv.bias.kv"));
-        let kv = qkv_part(&wk, &wqkv[d * d..], &bk, &bqkv[d..], d);
-        let kv = dense(g, &name("attn/kv"), &h, &kv);
-        let [k, v] = split_heads(g, cfg, &kv, t, &name("attn"));
-        let hc = cls_row(g, &h, t, d, &name("attn/cls_in"));
-        let (wk, bk) = (
-            key("attn.qkv.weight.q_scaled"),
-            key("attn.qkv.bias.q_scaled"),
-        );
-        let q = qkv_part(&wk, &wqkv[..d * d], &bk, &bqkv[..d], d);
-        let q = dense(g, &name("attn/q_cls"), &hc, &q);
-        let s = g.ints(&[-1, heads as i64, 1, hd as i64], false);
-        let q = g.node("Reshape", &name("attn/q_heads"), &[&q, &s], vec![]);
-        (q, k, v, cls_row(g, x, t, d, &name("cls")))
-    };
+    let [q, k, v, residual] = query_key_value(g, cfg, w, i, (&h, x), t, cls_only)?;
     let kt = g.node(
         "Transpose",
         &name("attn/k_t"),
@@ -368,12 +329,8 @@ fn block(
     );
     let mut ctx = g.node("MatMul", &name("attn/context"), &[&attn, &v], vec![]);
     if !cls_only {
-        ctx = g.node(
-            "Transpose",
-            &name("attn/tokens_first"),
-            &[&ctx],
-            heads_first(),
-        );
+        let perm = vec![attr_ints("perm", &[0, 2, 1, 3])];
+        ctx = g.node("Transpose", &name("attn/tokens_first"), &[&ctx], perm);
     }
     let s = g.ints(&[-1, d as i64], false);
     let ctx = g.node("Reshape", &name("attn/merge_heads"), &[&ctx, &s], vec![]);
@@ -387,6 +344,53 @@ fn block(
     let h = linear(g, w, &h, &key("mlp.fc2"), &name("mlp/fc2"), [d, hidden])?;
     let x = g.node("Add", &name("residual2"), &[&x, &h], vec![]);
     Ok((x, attn))
+}
+
+/// Block `i`'s queries, keys and values `[batch, heads, T, head_dim]` from the normed
+/// tokens `h`, and the residual stream `x` the attention output is added to. With
+/// `cls_only` the queries and the residual are the CLS row's alone.
+fn query_key_value(
+    g: &mut Graph,
+    cfg: &VitConfig,
+    w: &Weights,
+    i: usize,
+    (h, x): (&str, &str),
+    t: usize,
+    cls_only: bool,
+) -> Result<[String; 4], ExportError> {
+    let (d, heads, hd) = (cfg.embed_dim, cfg.num_heads, cfg.head_dim());
+    let key = |s: &str| format!("blocks.{i}.{s}");
+    let name = |s: &str| format!("blocks.{i}/{s}");
+    // qkv with the 1/sqrt(head_dim) scale folded into the query rows.
+    let scale = (hd as f64).powf(-0.5) as f32;
+    let mut wqkv = w.get(&key("attn.qkv.weight"))?;
+    wqkv[..d * d].iter_mut().for_each(|v| *v *= scale);
+    let mut bqkv = if cfg.qkv_bias {
+        w.get(&key("attn.qkv.bias"))?
+    } else {
+        vec![0.0; 3 * d]
+    };
+    bqkv[..d].iter_mut().for_each(|v| *v *= scale);
+    let (wq, bq) = (
+        key("attn.qkv.weight.q_scaled"),
+        key("attn.qkv.bias.q_scaled"),
+    );
+    if !cls_only {
+        let qkv = qkv_part(&wq, &wqkv, &bq, &bqkv, d);
+        let qkv = dense(g, &name("attn/qkv"), h, &qkv);
+        let [q, k, v] = split_heads(g, cfg, &qkv, t, &name("attn"));
+        return Ok([q, k, v, x.to_string()]);
+    }
+    let (wk, bk) = (key("attn.qkv.weight.kv"), key("attn.qkv.bias.kv"));
+    let kv = qkv_part(&wk, &wqkv[d * d..], &bk, &bqkv[d..], d);
+    let kv = dense(g, &name("attn/kv"), h, &kv);
+    let [k, v] = split_heads(g, cfg, &kv, t, &name("attn"));
+    let hc = cls_row(g, h, t, d, &name("attn/cls_in"));
+    let q = qkv_part(&wq, &wqkv[..d * d], &bq, &bqkv[..d], d);
+    let q = dense(g, &name("attn/q_cls"), &hc, &q);
+    let s = g.ints(&[-1, heads as i64, 1, hd as i64], false);
+    let q = g.node("Reshape", &name("attn/q_heads"), &[&q, &s], vec![]);
+    Ok([q, k, v, cls_row(g, x, t, d, &name("cls"))])
 }
 
 /// `[batch * T, N * D]` projections to `N` tensors `[batch, heads, T, head_dim]`.

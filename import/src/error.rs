@@ -54,6 +54,13 @@ impl ImportError {
             why: why.into(),
         }
     }
+
+    pub fn weights(path: impl Into<PathBuf>, why: impl Into<String>) -> Self {
+        Self::Weights {
+            path: path.into(),
+            why: why.into(),
+        }
+    }
 }
 
 /// A failed `import` subcommand: the two files, then the cause (what a user reads first).

@@ -75,74 +75,28 @@ type Fetch = Box<dyn FnMut(&str) -> Result<RawTensor, ImportError>>;
 
 /// Reads and checks the backbone of a foreign checkpoint.
 pub fn read_foreign(path: &Path, opts: &ImportOptions) -> Result<Imported, ImportError> {
-    let (entry, names, mut fetch): (Option<String>, Vec<String>, Fetch) = match Format::detect(
-        path,
-    )? {
-        Format::Pth => {
-            let mut f = PthFile::open(path)?;
-            let (entry, value) = pick_entry(&f, opts.key.as_deref())?;
-            let refs = pth::tensors_in(&value);
-            let names = refs.keys().cloned().collect();
-            let fetch = move |k: &str| f.tensor(k, &refs[k]);
-            (entry, names, Box::new(fetch))
-        }
-        Format::LegacyPth => {
-            return Err(ImportError::pth(
-                path,
-                "legacy (pre-1.6) torch.save format; re-save it with `torch.save(torch.load(f), f)` in any recent PyTorch",
-            ));
-        }
-        Format::Safetensors => {
-            let f = StFile::read(path)?;
-            let names = f.tensors.keys().cloned().collect();
-            let fetch = move |k: &str| Ok(f.tensors[k].clone());
-            (None, names, Box::new(fetch))
-        }
-        Format::Unknown => return Err(unknown_format(path)),
-    };
+    let (entry, names, fetch) = open_tensors(path, opts)?;
     if names.is_empty() {
         return Err(ImportError::NoTensors {
             path: path.to_path_buf(),
             entry,
         });
     }
-
-    // Official key normalisation: DDP's `module.`, MultiCropWrapper's `backbone.`.
-    let mut tensors = BTreeMap::new();
-    let mut ignored = Vec::new();
-    for name in names {
-        let mut k = name.as_str();
-        while let Some(rest) = k
-            .strip_prefix("module.")
-            .or_else(|| k.strip_prefix("backbone."))
-        {
-            k = rest;
-        }
-        if k.starts_with("head.") && !opts.with_head {
-            ignored.push(name.clone());
-            continue;
-        }
-        tensors.insert(k.to_string(), as_f32(path, &name, fetch(&name)?)?);
-    }
+    let (tensors, ignored) = official_keys(path, names, fetch, opts.with_head)?;
     let (head_tensors, mut tensors) = split_head(tensors);
-    let vit = infer_config(path, &tensors, opts)?;
-    let found = tensors
-        .iter()
-        .map(|(k, t)| (k.clone(), t.shape.clone()))
-        .collect();
-    check_shapes(path, &backbone_shapes(&vit), &found)?;
+    let vit = checked_config(path, &tensors, opts)?;
     let head = match opts.with_head {
         true => Some(infer_head(path, &head_tensors)?),
         false => None,
     };
     if let Some(h) = head.as_ref().filter(|h| h.in_dim != vit.embed_dim) {
-        return Err(ImportError::Weights {
-            path: path.to_path_buf(),
-            why: format!(
+        return Err(ImportError::weights(
+            path,
+            format!(
                 "the head takes {}-wide features, the backbone gives {}",
                 h.in_dim, vit.embed_dim
             ),
-        });
+        ));
     }
     tensors.extend(
         head_tensors
@@ -157,6 +111,62 @@ pub fn read_foreign(path: &Path, opts: &ImportOptions) -> Result<Imported, Impor
         entry,
         ignored,
     })
+}
+
+/// The checkpoint entry read (a `.pth` dict key), its tensor names, and their reader.
+fn open_tensors(
+    path: &Path,
+    opts: &ImportOptions,
+) -> Result<(Option<String>, Vec<String>, Fetch), ImportError> {
+    match Format::detect(path)? {
+        Format::Pth => {
+            let mut f = PthFile::open(path)?;
+            let (entry, value) = pick_entry(&f, opts.key.as_deref())?;
+            let refs = pth::tensors_in(&value);
+            let names = refs.keys().cloned().collect();
+            let fetch = move |k: &str| f.tensor(k, &refs[k]);
+            Ok((entry, names, Box::new(fetch)))
+        }
+        Format::LegacyPth => Err(ImportError::pth(
+            path,
+            "legacy (pre-1.6) torch.save format; re-save it with `torch.save(torch.load(f), f)` in any recent PyTorch",
+        )),
+        Format::Safetensors => {
+            let f = StFile::read(path)?;
+            let names = f.tensors.keys().cloned().collect();
+            let fetch = move |k: &str| Ok(f.tensors[k].clone());
+            Ok((None, names, Box::new(fetch)))
+        }
+        Format::Unknown => Err(unknown_format(path)),
+    }
+}
+
+/// The tensors as float32 under official keys, without DDP's `module.` and
+/// MultiCropWrapper's `backbone.` prefixes; the names of the head's tensors are returned
+/// apart, unread, unless `with_head`.
+fn official_keys(
+    path: &Path,
+    names: Vec<String>,
+    mut fetch: Fetch,
+    with_head: bool,
+) -> Result<(BTreeMap<String, RawTensor>, Vec<String>), ImportError> {
+    let mut tensors = BTreeMap::new();
+    let mut ignored = Vec::new();
+    for name in names {
+        let mut k = name.as_str();
+        while let Some(rest) = k
+            .strip_prefix("module.")
+            .or_else(|| k.strip_prefix("backbone."))
+        {
+            k = rest;
+        }
+        if k.starts_with("head.") && !with_head {
+            ignored.push(name.clone());
+            continue;
+        }
+        tensors.insert(k.to_string(), as_f32(path, &name, fetch(&name)?)?);
+    }
+    Ok((tensors, ignored))
 }
 
 /// Float tensors are stored as float32, whatever the file held (fp16 and bf16 releases).
@@ -200,7 +210,16 @@ pub fn infer_vit(
         num_heads,
         ..ImportOptions::default()
     };
-    let vit = infer_config(path, t, &opts)?;
+    checked_config(path, t, &opts)
+}
+
+/// [`infer_config`], then every tensor's shape checked against it.
+fn checked_config(
+    path: &Path,
+    t: &BTreeMap<String, RawTensor>,
+    opts: &ImportOptions,
+) -> Result<VitConfig, ImportError> {
+    let vit = infer_config(path, t, opts)?;
     let found = t
         .iter()
         .map(|(k, v)| (k.clone(), v.shape.clone()))
@@ -215,10 +234,7 @@ fn infer_config(
     t: &BTreeMap<String, RawTensor>,
     opts: &ImportOptions,
 ) -> Result<VitConfig, ImportError> {
-    let bad = |why: String| ImportError::Weights {
-        path: path.to_path_buf(),
-        why,
-    };
+    let bad = |why: String| ImportError::weights(path, why);
     let shape = |k: &str| -> Result<&[usize], ImportError> {
         t.get(k).map(|x| x.shape.as_slice()).ok_or_else(|| {
             let mut keys: Vec<_> = t.keys().take(8).cloned().collect();
@@ -254,6 +270,25 @@ fn infer_config(
         .take_while(|i| t.contains_key(&format!("blocks.{i}.norm1.weight")))
         .count();
     let fc1 = shape("blocks.0.mlp.fc1.weight")?;
+    let mut cfg = choose_arch(path, opts, p, d, depth)?;
+    cfg.img_size = grid * p;
+    cfg.in_chans = in_chans;
+    cfg.mlp_ratio = fc1[0] as f64 / d as f64;
+    cfg.qkv_bias = t.contains_key("blocks.0.attn.qkv.bias");
+    cfg.validate().map_err(|e: CoreError| bad(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// The preset (or custom architecture) of width `d`, `depth` blocks and patch `p`, as
+/// the user's `--arch`, `--patch-size` and `--num-heads` allow; else why not.
+fn choose_arch(
+    path: &Path,
+    opts: &ImportOptions,
+    p: usize,
+    d: usize,
+    depth: usize,
+) -> Result<VitConfig, ImportError> {
+    let bad = |why: String| ImportError::weights(path, why);
     let preset = match &opts.arch {
         Some(a) => Some(VitConfig::preset(a, p)?),
         None => dino_core::config::PRESETS
@@ -262,7 +297,7 @@ fn infer_config(
             .map(|x| VitConfig::preset(x.0, p))
             .transpose()?,
     };
-    let mut cfg = match (preset, opts.num_heads) {
+    let cfg = match (preset, opts.num_heads) {
         (Some(c), _) if c.embed_dim == d && c.depth == depth => c,
         // Not a preset: custom widths, with the heads the caller knows.
         (_, Some(heads)) if opts.arch.is_none() => VitConfig::new("custom", p, d, depth, heads),
@@ -285,10 +320,5 @@ fn infer_config(
             "--patch-size {want} given, but the weights have patch size {p}"
         )));
     }
-    cfg.img_size = grid * p;
-    cfg.in_chans = in_chans;
-    cfg.mlp_ratio = fc1[0] as f64 / d as f64;
-    cfg.qkv_bias = t.contains_key("blocks.0.attn.qkv.bias");
-    cfg.validate().map_err(|e: CoreError| bad(e.to_string()))?;
     Ok(cfg)
 }

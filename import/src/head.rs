@@ -18,10 +18,7 @@ pub fn infer_head(
     path: &Path,
     tensors: &BTreeMap<String, RawTensor>,
 ) -> Result<HeadConfig, ImportError> {
-    let bad = |why: String| ImportError::Weights {
-        path: path.to_path_buf(),
-        why: format!("not a DINO head: {why}"),
-    };
+    let bad = |why: String| ImportError::weights(path, format!("not a DINO head: {why}"));
     let shape = |k: &str| -> Result<&[usize], ImportError> {
         tensors
             .get(k)

@@ -97,10 +97,10 @@ fn read_dino_rs(f: StFile, key: Option<&str>) -> Result<Pretrained, ImportError>
         }
         (st::KIND_CHECKPOINT, Some(k)) => return Err(bad_key(k, "teacher, student")),
         (other, _) => {
-            return Err(ImportError::Weights {
-                path: path.to_path_buf(),
-                why: format!("a `{other}` file holds no backbone"),
-            });
+            return Err(ImportError::weights(
+                path,
+                format!("a `{other}` file holds no backbone"),
+            ));
         }
     };
     let vit = f.vit_config()?;

@@ -63,10 +63,7 @@ fn read_pth(path: &Path) -> Result<TrainingState, ImportError> {
     let teacher = net("teacher")?;
     let center = net("dino_loss")?
         .remove("center")
-        .ok_or_else(|| ImportError::Weights {
-            path: path.to_path_buf(),
-            why: "entry `dino_loss` has no `center` tensor".into(),
-        })?;
+        .ok_or_else(|| ImportError::weights(path, "entry `dino_loss` has no `center` tensor"))?;
     Ok(TrainingState {
         path: path.to_path_buf(),
         student,
@@ -82,21 +79,18 @@ fn read_dino_rs(path: &Path) -> Result<TrainingState, ImportError> {
     f.check_format()?;
     let kind = f.meta(st::META_KIND)?;
     if kind != st::KIND_CHECKPOINT {
-        return Err(ImportError::Weights {
-            path: path.to_path_buf(),
-            why: format!(
+        return Err(ImportError::weights(
+            path,
+            format!(
                 "holds a `{kind}`, not a training checkpoint (a backbone starts training with --pretrained_weights)"
             ),
-        });
+        ));
     }
     let center = f
         .tensors
         .get("center")
         .cloned()
-        .ok_or_else(|| ImportError::Weights {
-            path: path.to_path_buf(),
-            why: "no `center` tensor".into(),
-        })?;
+        .ok_or_else(|| ImportError::weights(path, "no `center` tensor"))?;
     Ok(TrainingState {
         path: path.to_path_buf(),
         student: f.with_prefix("student."),

@@ -86,7 +86,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     let loader = Loader::new(ds, aug, cfg)?;
-    // Warm-up batch (thread-local buffers, page cache), then the timed run over epochs.
+    let Timed {
+        done,
+        secs,
+        cpu,
+        checksum,
+    } = time_loader(&loader, samples)?;
+    println!(
+        "{{\"impl\": \"dino-rs\", \"photometric\": \"{:?}\", \"threads\": {}, \"samples\": {done}, \"seconds\": {secs:.3}, \"cpu_seconds\": {cpu:.3}, \"samples_per_s\": {:.1}, \"checksum\": {checksum:.3}}}",
+        photometric,
+        loader.num_threads(),
+        done as f64 / secs
+    );
+    Ok(())
+}
+
+/// What a timed loader run gives: samples, wall and CPU seconds, and a checksum that keeps
+/// the batches from being optimised away.
+struct Timed {
+    done: usize,
+    secs: f64,
+    cpu: f64,
+    checksum: f64,
+}
+
+/// A warm-up batch (thread-local buffers, page cache), then `samples` samples over as many
+/// epochs as it takes.
+fn time_loader(loader: &Loader, samples: usize) -> Result<Timed, Box<dyn std::error::Error>> {
     loader.epoch(1000).next().transpose()?;
     let (t, cpu0) = (Instant::now(), cpu_seconds());
     let mut done = 0;
@@ -109,13 +135,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .zip(cpu0)
         .map(|(b, a)| b - a)
         .unwrap_or(f64::NAN);
-    println!(
-        "{{\"impl\": \"dino-rs\", \"photometric\": \"{:?}\", \"threads\": {}, \"samples\": {done}, \"seconds\": {secs:.3}, \"cpu_seconds\": {cpu:.3}, \"samples_per_s\": {:.1}, \"checksum\": {checksum:.3}}}",
-        photometric,
-        loader.num_threads(),
-        done as f64 / secs
-    );
-    Ok(())
+    Ok(Timed {
+        done,
+        secs,
+        cpu,
+        checksum,
+    })
 }
 
 /// Synthetic crops (a smooth gradient plus noise, so every op has work to do) and the

@@ -174,17 +174,8 @@ impl DevicePhotometric {
     /// of 3 and a second one that is not), on this device; `params[k]` belongs to `crops[k]`.
     /// Returns the normalised `[n, 3, h, w]` `f32` views.
     pub fn apply(&self, crops: &Tensor, params: &[PhotometricParams]) -> Result<Tensor, DataError> {
-        let size = crops.size();
-        let crops = match size.as_slice() {
-            [_, 3, _, _] => crops.shallow_clone(),
-            [_, _, _, 3] => crops.f_permute([0, 3, 1, 2])?,
-            _ => {
-                return Err(DataError::Config(format!(
-                    "crops of shape {size:?}: expected [n, 3, h, w]"
-                )));
-            }
-        };
-        let (n, h, w) = (size[0], crops.size()[2], crops.size()[3]);
+        let crops = channels_first(crops)?;
+        let (n, h, w) = (crops.size()[0], crops.size()[2], crops.size()[3]);
         if n as usize != params.len() {
             return Err(DataError::Config(format!(
                 "{n} crops but {} photometric parameter sets",
@@ -232,20 +223,9 @@ impl DevicePhotometric {
             let idx = all
                 .f_narrow(0, hue_at, p.blurred as i64)?
                 .f_to_kind(Kind::Int64)?;
-            let m = p.blurred as i64;
-            // In f64, where every product and sum of the 24-bit fixed-point taps is exact:
-            // the taps are often thirds or sixths, so exact .5 ties are common and must round
-            // as Pillow's integer arithmetic does.
-            let k = rows
-                .f_index_select(0, &idx)?
-                .f_narrow(1, TAPS, p.taps)?
-                .f_to_kind(Kind::Double)?
-                .f_unsqueeze(1)?
-                .f_expand([m, 3, p.taps], false)?; // [m, 3, taps]
-            let y = x.f_index_select(0, &idx)?.f_to_kind(Kind::Double)?;
-            let y = box_blur(&y, &k.f_reshape([3 * m, 1, 1, p.taps])?, [1, 1, 0, 0])?;
-            let y = box_blur(&y, &k.f_reshape([3 * m, 1, p.taps, 1])?, [0, 0, 1, 1])?;
-            x = x.f_index_copy(0, &idx, &y.f_to_kind(Kind::Float)?)?;
+            let taps = rows.f_index_select(0, &idx)?.f_narrow(1, TAPS, p.taps)?;
+            let y = gaussian_blur(&x.f_index_select(0, &idx)?, &taps)?;
+            x = x.f_index_copy(0, &idx, &y)?;
         }
         if p.any_solarize {
             let on = col(SOLARIZE)?.f_gt(0.5)?.f_logical_and(&x.f_ge(128.0)?)?;
@@ -368,4 +348,32 @@ fn box_blur(x: &Tensor, kernel: &Tensor, pad: [i64; 4]) -> Result<Tensor, DataEr
             .f_floor()?;
     }
     Ok(y.f_reshape(size.as_slice())?)
+}
+
+/// `crops` as `[n, 3, h, w]`, from that layout or `[n, h, w, 3]`.
+fn channels_first(crops: &Tensor) -> Result<Tensor, DataError> {
+    let size = crops.size();
+    match size.as_slice() {
+        [_, 3, _, _] => Ok(crops.shallow_clone()),
+        [_, _, _, 3] => Ok(crops.f_permute([0, 3, 1, 2])?),
+        _ => Err(DataError::Config(format!(
+            "crops of shape {size:?}: expected [n, 3, h, w]"
+        ))),
+    }
+}
+
+/// Pillow's separable Gaussian blur of integer-valued `[m, 3, h, w]` views, each with its
+/// row of `taps` `[m, t]`; returns `f32`. In f64, where every product and sum of the 24-bit
+/// fixed-point taps is exact: the taps are often thirds or sixths, so exact .5 ties are
+/// common and must round as Pillow's integer arithmetic does.
+fn gaussian_blur(views: &Tensor, taps: &Tensor) -> Result<Tensor, DataError> {
+    let (m, t) = (taps.size()[0], taps.size()[1]);
+    let k = taps
+        .f_to_kind(Kind::Double)?
+        .f_unsqueeze(1)?
+        .f_expand([m, 3, t], false)?; // [m, 3, t]
+    let y = views.f_to_kind(Kind::Double)?;
+    let y = box_blur(&y, &k.f_reshape([3 * m, 1, 1, t])?, [1, 1, 0, 0])?;
+    let y = box_blur(&y, &k.f_reshape([3 * m, 1, t, 1])?, [0, 0, 1, 1])?;
+    Ok(y.f_to_kind(Kind::Float)?)
 }
