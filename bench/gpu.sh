@@ -39,6 +39,7 @@ if [[ $DRY == 1 ]]; then
     PIPE=(--global 64 --local 32 --n-local 2 --threads 2 --batch 8 --samples 32)
     PHOTO=(--global 64 --local 32 --n-local 2 --batch 4 --iters 1)
     KNN_EPOCHS=(--depth 1 --batch_size 32 --out_dim 256 --head_hidden_dim 64)
+    KNN_DATA=demo/data   # the vendored 500 + 200 images: the row only has to be produced
     N_SYN=40
     COPIES=2
 else
@@ -51,6 +52,7 @@ else
     PIPE=(--global 224 --local 96 --n-local 10 --threads "$(nproc)" --batch 64 --samples 4000)
     PHOTO=(--global 224 --local 96 --n-local 10 --batch 256 --iters 10)
     KNN_EPOCHS=()
+    KNN_DATA="$DATA/cifar10-mini"
     N_SYN=1000
     COPIES=10
 fi
@@ -166,10 +168,10 @@ EOF
 # k-NN smoke check: one epoch of cifar-tiny on the device, then the teacher's k-NN.
 RUN="$OUT/knn-run"
 rm -rf "$RUN"
-"$BIN/dino-train" train --quiet --config configs/cifar-tiny.toml --data_path "$DATA/cifar10-mini/train" \
+"$BIN/dino-train" train --quiet --config configs/cifar-tiny.toml --data_path "$KNN_DATA/train" \
     --output_dir "$RUN" --epochs 1 --warmup_epochs 0 --device "$DEVICE" "${KNN_EPOCHS[@]}" >/dev/null
 "$BIN/dino-train" knn --quiet --json --checkpoint "$RUN/teacher.safetensors" --device "$DEVICE" \
-    --train "$DATA/cifar10-mini/train" --val "$DATA/cifar10-mini/test" --native \
+    --train "$KNN_DATA/train" --val "$KNN_DATA/test" --native \
     | label "k-NN smoke (cifar-tiny, 1 epoch)" >>"$ROWS"
 
 "$PY" bench/gpu_table.py "$ROWS"
